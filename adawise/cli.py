@@ -1,0 +1,60 @@
+"""The ``adawise`` command: one subcommand per module, imported only when used.
+
+Each command module exposes ``add_arguments(parser)`` and ``main(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+#: subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("adawise.demo", "run every method on the bundled embedded world (no downloads)"),
+    "run": ("adawise.run_cmd", "run methods on an ImageNet-R / ImageNet-C stream with your own weights"),
+    "report": ("adawise.report", "tables and plots from run logs (JSONL)"),
+    "vrf-index": ("adawise.vrf_cli", "build VRF's Zero-Shot-Failure index"),
+    "show-corruptions": ("streams.corruptions_cli", "PNG grid of the 15 corruptions x 5 severities"),
+    "sweep": ("adawise.sweep", "grid of runs (methods x streams x settings x seeds), on Ray or locally"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per available command."""
+    parser = argparse.ArgumentParser(prog="adawise", description="Test-time adaptation of weight-space ensembles.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``adawise`` console script and ``python -m adawise``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        args = parser.parse_args(argv)  # prints help / errors for unknown commands
+        parser.print_help()
+        return 0 if args.command is None else 2
+    name = argv[0]
+    module_name, help_text = COMMANDS[name]
+    if importlib.util.find_spec(module_name) is None:
+        print(f"adawise {name}: not built yet in this version", file=sys.stderr)
+        return 2
+    module = importlib.import_module(module_name)
+    sub = argparse.ArgumentParser(prog=f"adawise {name}", description=help_text)
+    sub.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Logs for people and machines: JSON lines per batch, per-domain tables, plots.
+
+A run log is JSON lines, each with ``"type"``: one ``header`` (config, seed, setting, versions,
+device, how each model was loaded), one ``batch`` record per batch (flushed and fsynced as it is
+written, so a killed run leaves a parseable log), and a final ``summary`` that marks the log complete.
+Accuracies are fractions in [0, 1]; tables print percentages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "JsonlWriter",
+    "read_jsonl",
+    "read_run",
+    "library_versions",
+    "format_table",
+    "plot_accuracy",
+    "plot_alpha",
+    "to_jsonable",
+]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types; non-finite floats become ``None`` (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # torch / numpy scalars
+        return to_jsonable(value.item())
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class JsonlWriter:
+    """Append JSON lines to ``path``; every line is flushed (and fsynced) as it is written."""
+
+    def __init__(self, path: str | os.PathLike, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._fsync = fsync
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Write one record as a line and push it to disk."""
+        self._file.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+        self._file.flush()
+        if self._fsync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict[str, Any]]:
+    """Read a JSONL log, tolerating a truncated last line (a run killed mid-write).
+
+    With ``repair=True`` the file is truncated to its last complete line, so appending continues
+    cleanly. A malformed line anywhere else is an error naming the file and line number.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    records: list[dict[str, Any]] = []
+    good_bytes = 0
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        last = number == len(lines)
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as err:
+                if last or (number == len(lines) - 1 and not lines[-1]):
+                    break  # a partial final line: the run died while writing it
+                raise ValueError(f"{path}:{number}: malformed JSON line ({err})") from None
+        if not last:
+            good_bytes += len(line) + 1
+    if repair and good_bytes < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return records
+
+
+def read_run(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a run log into ``{"header", "batches", "summary" (or None), "complete"}``."""
+    records = read_jsonl(path)
+    header = next((r for r in records if r.get("type") == "header"), None)
+    summary = next((r for r in records if r.get("type") == "summary"), None)
+    batches = [r for r in records if r.get("type") == "batch"]
+    return {"header": header, "batches": batches, "summary": summary, "complete": summary is not None}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape results, for log headers."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("adawise", "torch", "open_clip_torch", "botorch", "gpytorch", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def format_table(accuracy: Mapping[str, Mapping[str, float]], domains: Sequence[str] | None = None,
+                 id_domain: str | None = None, upper_bounds: Iterable[str] = ("oracle",),
+                 fmt: str = "text") -> str:
+    """A method x domain accuracy table in percent, with the mean over shift domains.
+
+    Args:
+        accuracy: method -> domain -> accuracy in [0, 1].
+        domains: column order (default: order of first appearance).
+        id_domain: the in-distribution domain; "mean shifts" averages every other domain.
+        upper_bounds: methods that read labels; marked with ``*`` and a footnote.
+        fmt: ``"text"`` (aligned columns) or ``"markdown"``.
+    """
+    if domains is None:
+        domains = list(dict.fromkeys(d for row in accuracy.values() for d in row))
+    shifts = [d for d in domains if d != id_domain]
+    bounds = set(upper_bounds)
+    header = ["method", *domains, "mean shifts" if id_domain else "mean"]
+    rows = []
+    for method, row in accuracy.items():
+        name = method + (" *" if method in bounds else "")
+        cells = [row.get(d) for d in domains]
+        mean = _mean(row.get(d) for d in shifts)
+        rows.append([name] + [f"{100 * c:.1f}" if c is not None else "-" for c in cells] + [f"{100 * mean:.1f}"])
+    note = "* upper bound: reads the labels" if bounds & set(accuracy) else ""
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+        fmt_row = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w)  # noqa: E731
+                                      for i, (x, w) in enumerate(zip(r, widths, strict=True)))
+        lines = [fmt_row(header), "-" * (sum(widths) + 2 * (len(widths) - 1))] + [fmt_row(r) for r in rows]
+    return "\n".join(lines + ([note] if note else []))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(accuracy: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
+                  domains: Sequence[str] | None = None, upper_bounds: Iterable[str] = ("oracle",),
+                  title: str = "Accuracy per domain") -> Path:
+    """Grouped bar chart: accuracy (%) per domain for each method; upper bounds hatched."""
+    plt = _pyplot()
+    if domains is None:
+        domains = list(dict.fromkeys(d for row in accuracy.values() for d in row))
+    methods = list(accuracy)
+    bounds = set(upper_bounds)
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(domains) + 2), 4.5))
+    for i, method in enumerate(methods):
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(domains))]
+        ys = [100 * (accuracy[method].get(d) or 0.0) for d in domains]
+        label = method + (" (upper bound)" if method in bounds else "")
+        ax.bar(xs, ys, width, label=label, hatch="//" if method in bounds else None)
+    ax.set_xticks(range(len(domains)), domains, rotation=35, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_alpha(series: Mapping[str, Sequence[float | None]], domains_per_batch: Sequence[str],
+               path: str | os.PathLike, oracle_alpha: Mapping[str, float] | None = None,
+               title: str = "alpha over the stream") -> Path:
+    """α per batch for each method, domain boundaries as vertical lines, oracle α as steps."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 4))
+    for method, alphas in series.items():
+        xs = [i for i, a in enumerate(alphas) if a is not None]
+        ax.plot(xs, [alphas[i] for i in xs], lw=1, label=method)
+    starts = [i for i, d in enumerate(domains_per_batch) if i == 0 or d != domains_per_batch[i - 1]]
+    for k, start in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(domains_per_batch)
+        domain = domains_per_batch[start]
+        ax.axvline(start, color="grey", lw=0.5)
+        ax.text(start + 0.5, 1.02, domain, fontsize=6, rotation=30, transform=ax.get_xaxis_transform())
+        if oracle_alpha and domain in oracle_alpha:
+            ax.hlines(oracle_alpha[domain], start, end, colors="black", linestyles="--", lw=1.5,
+                      label="oracle α (upper bound)" if k == 0 else None)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("α")
+    ax.set_title(title, pad=28)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,254 @@
+"""The online evaluation protocol. It lives here and nowhere else.
+
+For each batch of a stream, in order:
+
+1. at a domain change: ``method.reset()`` if the setting is ``reset_each_shift``, then
+   ``method.on_domain(domain)``;
+2. ``logits = method(images)``: the prediction, made once and final;
+3. the prediction is scored against the labels (the method never sees them);
+4. ``method.observe(images, logits)``: the method may now update its state;
+5. one JSON line is written and flushed.
+
+Settings: ``continual`` (state carries over the whole stream) and ``reset_each_shift``. The setting,
+seed, stream spec, library versions, device and model provenance go into the log header. A run can be
+resumed (``resume=True``): complete batches already in the log are replayed through the method (so its
+state is exactly what it was) without being logged again, and the run continues from the next batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adawise.logs import JsonlWriter, format_table, library_versions, read_jsonl, to_jsonable
+from adawise.methods.base import Method
+from adawise.objectives import entropy
+from streams.base import Batch, Stream
+
+__all__ = ["run_stream", "StreamResult", "SETTINGS"]
+
+log = logging.getLogger(__name__)
+SETTINGS = ("continual", "reset_each_shift")
+_RESERVED = {"type", "method", "domain", "batch", "n", "correct", "accuracy", "entropy", "alpha", "seconds"}
+
+
+@dataclass
+class StreamResult:
+    """Outcome of one method on one stream (accuracies are fractions in [0, 1])."""
+
+    method: str
+    setting: str
+    accuracy: float
+    per_domain: dict[str, float]
+    alphas: list[float | None]
+    records: list[dict[str, Any]] = field(repr=False)
+    seconds: float = 0.0
+    log_path: str | None = None
+
+    def table(self) -> str:
+        """Readable per-domain table (percent)."""
+        return format_table({self.method: self.per_domain}, list(self.per_domain))
+
+
+def _device_of(method: nn.Module) -> torch.device:
+    for tensor in list(method.parameters()) + list(method.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _provenance(method: nn.Module) -> dict[str, Any]:
+    """How each wrapped model was loaded, from ``provenance`` attributes set by the loaders."""
+    out = {}
+    for name, module in method.named_modules():
+        prov = getattr(module, "provenance", None)
+        if prov is not None and name:
+            out[name] = prov
+    return out
+
+
+def _header(method: Method, stream: Stream, setting: str, seed: int, config: dict[str, Any] | None,
+            device: torch.device) -> dict[str, Any]:
+    body = {
+        "method": method.name,
+        "options": method.options(),
+        "setting": setting,
+        "seed": seed,
+        "stream": stream.describe(),
+        "config": config or {},
+    }
+    config_hash = hashlib.sha256(json.dumps(to_jsonable(body), sort_keys=True).encode()).hexdigest()[:12]
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {
+        "type": "header",
+        **body,
+        "config_hash": config_hash,
+        "uses_labels": method.uses_labels,
+        "models": _provenance(method),
+        "device": str(device),
+        "device_name": device_name,
+        "versions": library_versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _score(logits: Tensor, labels: Tensor) -> tuple[int, float | None]:
+    """Number correct and mean prediction entropy (``None`` if not finite)."""
+    preds = logits.argmax(dim=-1).cpu()
+    correct = int((preds == labels.cpu()).sum())
+    ent = float(entropy(logits).mean())
+    return correct, (ent if ent == ent and abs(ent) != float("inf") else None)
+
+
+def _step(method: Method, batch: Batch, device: torch.device, state: dict[str, Any], setting: str) -> Tensor:
+    """Domain bookkeeping + prediction for one batch (shared by live and replayed batches)."""
+    if batch.domain != state.get("domain"):
+        if setting == "reset_each_shift" and state.get("domain") is not None:
+            method.reset()
+        method.on_domain(batch.domain)
+        state["domain"] = batch.domain
+    images = batch.images.to(device, non_blocking=True) if isinstance(batch.images, Tensor) else batch.images
+    with torch.no_grad():
+        logits = method(images)
+    state["images"] = images
+    return logits
+
+
+def _load_resume(path: Path, header: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Complete batch records of a previous run with the same config, or None if it cannot resume."""
+    if not path.is_file():
+        return None
+    records = read_jsonl(path, repair=True)
+    old = next((r for r in records if r.get("type") == "header"), None)
+    if old is None:
+        raise ValueError(f"cannot resume {path}: it has no header line; delete it or pass another log path")
+    if old.get("config_hash") != header["config_hash"]:
+        raise ValueError(
+            f"cannot resume {path}: it was written for another configuration (config_hash "
+            f"{old.get('config_hash')} vs {header['config_hash']}); use a new log path or resume=False"
+        )
+    return [r for r in records if r.get("type") in ("batch", "summary")]
+
+
+def run_stream(method: Method, stream: Stream, log: str | Path | None = None, setting: str = "continual",
+               seed: int = 0, config: dict[str, Any] | None = None, progress: bool = True,
+               resume: bool = False, device: str | torch.device | None = None) -> StreamResult:
+    """Run ``method`` online over ``stream`` and score every batch before the method adapts.
+
+    Args:
+        method: a :class:`~adawise.methods.base.Method` (see :func:`adawise.make_method`).
+        stream: an iterable of :class:`~streams.base.Batch`.
+        log: JSONL path; a readable table is written beside it (``.txt``). ``None``: no files.
+        setting: ``"continual"`` or ``"reset_each_shift"`` (reset at every domain boundary).
+        seed: seeds torch's global RNG before the run (written to the header).
+        config: free-form run configuration for the header (e.g. the CLI arguments).
+        progress: show a tqdm progress bar.
+        resume: continue an interrupted log at ``log`` (same configuration) instead of overwriting it.
+        device: where images go (default: the method's parameters' device).
+
+    Returns:
+        :class:`StreamResult` with overall and per-domain accuracy, α per batch and all records.
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+    torch.manual_seed(seed)
+    method.eval()
+    device = torch.device(device) if device is not None else _device_of(method)
+    header = _header(method, stream, setting, seed, config, device)
+
+    done: list[dict[str, Any]] = []
+    path = Path(log) if log is not None else None
+    if path is not None and resume:
+        done = _load_resume(path, header) or []
+        if any(r.get("type") == "summary" for r in done):
+            log_records = [r for r in done if r.get("type") == "batch"]
+            return _result(method, setting, log_records, 0.0, path)
+    elif path is not None and path.exists():
+        path.unlink()
+    writer = JsonlWriter(path) if path is not None else None
+    if writer is not None and not done:
+        writer.write(header)
+
+    method.prepare(stream)
+    records: list[dict[str, Any]] = list(done)
+    state: dict[str, Any] = {}
+    started = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(stream), desc=method.name, disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        for batch in stream:
+            if batch.index < len(done):  # resume: replay to rebuild the method's state, do not log
+                logits = _step(method, batch, device, state, setting)
+                with torch.no_grad():
+                    method.observe(state["images"], logits)
+                bar.update(1)
+                continue
+            t0 = time.perf_counter()
+            logits = _step(method, batch, device, state, setting)
+            correct, ent = _score(logits, batch.labels)  # scored before the method may update
+            alpha = method.alpha
+            with torch.no_grad():
+                method.observe(state["images"], logits)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            info = {k: v for k, v in method.info.items() if k not in _RESERVED}
+            record = {
+                "type": "batch", "method": method.name, "domain": batch.domain, "batch": batch.index,
+                "n": len(batch.labels), "correct": correct, "accuracy": correct / max(len(batch.labels), 1),
+                "entropy": ent, "alpha": alpha, "seconds": time.perf_counter() - t0, **info,
+            }
+            record.setdefault("forward_passes", 1.0)
+            records.append(to_jsonable(record))
+            if writer is not None:
+                writer.write(record)
+            bar.update(1)
+            if alpha is not None:
+                bar.set_postfix(acc=f"{correct / max(len(batch.labels), 1):.2f}", alpha=f"{alpha:.2f}")
+        elapsed = time.perf_counter() - started
+        result = _result(method, setting, records, elapsed, path)
+        if writer is not None:
+            writer.write({
+                "type": "summary", "method": method.name, "setting": setting, "accuracy": result.accuracy,
+                "per_domain": result.per_domain, "n": sum(r["n"] for r in records),
+                "correct": sum(r["correct"] for r in records), "batches": len(records),
+                "seconds": elapsed, "skipped": [list(s) for s in stream.skipped],
+            })
+            table = f"{method.name} ({setting}, seed {seed})\n{result.table()}\n"
+            if stream.skipped:
+                table += f"skipped {len(stream.skipped)} unreadable inputs: " + ", ".join(
+                    p for p, _ in stream.skipped[:10]) + "\n"
+            path.with_suffix(".txt").write_text(table)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    return result
+
+
+def _result(method: Method, setting: str, records: list[dict[str, Any]], seconds: float,
+            path: Path | None) -> StreamResult:
+    per_n: dict[str, list[int]] = {}
+    for r in records:
+        n_c = per_n.setdefault(r["domain"], [0, 0])
+        n_c[0] += r["n"]
+        n_c[1] += r["correct"]
+    total_n = sum(n for n, _ in per_n.values())
+    total_c = sum(c for _, c in per_n.values())
+    return StreamResult(
+        method=method.name,
+        setting=setting,
+        accuracy=total_c / total_n if total_n else float("nan"),
+        per_domain={d: c / n if n else float("nan") for d, (n, c) in per_n.items()},
+        alphas=[r.get("alpha") for r in records],
+        records=records,
+        seconds=seconds,
+        log_path=str(path) if path else None,
+    )

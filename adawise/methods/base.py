@@ -1,0 +1,61 @@
+"""The one interface every method implements, adaptive or not.
+
+Online protocol (the loop in :mod:`adawise.loop` is the only place that drives it):
+
+1. ``prepare(stream)`` once before a run (no-op except label-using upper bounds such as ``oracle``);
+2. for each batch: ``on_domain(domain)`` when the domain changes, ``logits = method(images)``
+   (the prediction, final and scored), then ``observe(images, logits)`` (unsupervised updates);
+3. ``reset()`` restores the exact initial state (called by the ``reset_each_shift`` setting at
+   domain boundaries, and by users).
+
+A method never changes the models it is given. ``alpha`` is the mixing coefficient in force
+(``None`` where the method has none) and ``info`` the per-batch record that goes into the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = ["Method"]
+
+
+class Method(nn.Module):
+    """Base class: ``forward(images) -> [B, C]`` logits (output ensembles return log-probabilities)."""
+
+    #: registry name, set by :func:`adawise.methods.registry.register`
+    name: str = "method"
+    #: whether state carries over from batch to batch (False for the static baselines)
+    adapts: bool = False
+    #: whether the method reads labels (upper bounds only); marked in every table
+    uses_labels: bool = False
+
+    def forward(self, images: Any) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def observe(self, images: Any, logits: Tensor) -> None:
+        """Called after the batch was scored; unsupervised updates happen here."""
+
+    def prepare(self, stream: Any) -> None:
+        """Called once before a run; only label-using upper bounds do anything here."""
+
+    def on_domain(self, domain: str) -> None:
+        """Called before the first batch of each new domain (domain names are not labels)."""
+
+    def reset(self) -> None:
+        """Restore the exact initial state (adaptive methods override this)."""
+
+    @property
+    def alpha(self) -> float | None:
+        """The weight-space mixing coefficient in force, or ``None``."""
+        return None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Per-batch record for the log (at least ``forward_passes``)."""
+        return {"forward_passes": 1.0}
+
+    def options(self) -> dict[str, Any]:
+        """Constructor options, written into the log header."""
+        return {}

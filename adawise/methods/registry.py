@@ -1,0 +1,67 @@
+"""Methods by name: ``make_method("wiseft", zeroshot=zs, finetuned=ft, alpha=0.3)``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from adawise.methods.base import Method
+
+__all__ = ["register", "make_method", "registered_methods"]
+
+Factory = Callable[..., Method]
+_REGISTRY: dict[str, Factory] = {}
+
+#: modules whose import registers the built-in methods
+_BUILTIN_MODULES = (
+    "adawise.methods.static",
+    "adawise.methods.adawise",
+    "adawise.methods.ablations",
+    "adawise.methods.vrf",
+)
+
+
+def register(name: str) -> Callable[[Factory], Factory]:
+    """Class/function decorator: make ``name`` available to :func:`make_method`."""
+
+    def deco(factory: Factory) -> Factory:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"method name {name!r} is registered twice")
+        _REGISTRY[name] = factory
+        if isinstance(factory, type) and issubclass(factory, Method) and factory.name == "method":
+            factory.name = name
+        return factory
+
+    return deco
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+def registered_methods() -> list[str]:
+    """Names accepted by :func:`make_method`, sorted."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def make_method(name: str, zeroshot: nn.Module, finetuned: nn.Module, **options: Any) -> Method:
+    """Build the method called ``name`` around the two endpoint models.
+
+    Args:
+        name: a name from :func:`registered_methods` (``zeroshot``, ``finetuned``, ``wiseft``, ...).
+        zeroshot: the α = 0 endpoint (any ``nn.Module`` mapping a batch to logits).
+        finetuned: the α = 1 endpoint, same architecture.
+        options: method options (e.g. ``alpha`` for ``wiseft``, ``w`` for ``ose``).
+    """
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}")
+    method = _REGISTRY[name](zeroshot=zeroshot, finetuned=finetuned, **options)
+    method.name = name
+    return method

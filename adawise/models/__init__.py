@@ -1,0 +1,1 @@
+"""Models: open_clip classifiers (``clip``), safe checkpoint IO (``checkpoints``), the embedded world."""

@@ -1,0 +1,161 @@
+"""Streams: what a method sees at test time, batch after batch.
+
+A stream is an iterable of :class:`Batch` (images in [0, 1], labels, domain name, running index).
+Normalisation belongs to the models, never to the stream. A frozen :class:`StreamSpec` plus its seed
+describes a stream completely, so every method iterates the identical sequence.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Batch", "Stream", "StreamSpec", "TensorStream", "ConcatStream", "from_tensors", "concat"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One test batch: ``images`` [B, ...] (CLIP models take [B, 3, H, W] in [0, 1]), ``labels`` [B]."""
+
+    images: Tensor
+    labels: Tensor
+    domain: str
+    index: int
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Everything needed to rebuild a stream: source, domains, order, batch size, seed, options.
+
+    ``options`` holds source-specific settings as a sorted tuple of (key, value) pairs so the spec
+    stays hashable; use :meth:`make` to build one from keyword arguments.
+    """
+
+    source: str
+    domains: tuple[str, ...] = ()
+    order: str = "continual"
+    batch_size: int = 64
+    seed: int = 0
+    options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def make(cls, source: str, domains: Sequence[str] = (), order: str = "continual",
+             batch_size: int = 64, seed: int = 0, **options: Any) -> StreamSpec:
+        """Build a spec, storing ``options`` as a sorted hashable tuple."""
+        return cls(source, tuple(domains), order, int(batch_size), int(seed), tuple(sorted(options.items())))
+
+    @property
+    def opts(self) -> dict[str, Any]:
+        """The source-specific options as a dict."""
+        return dict(self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (written into every log header)."""
+        d = asdict(self)
+        d["domains"] = list(self.domains)
+        d["options"] = {k: v for k, v in self.options}
+        return d
+
+    def config_hash(self) -> str:
+        """Short stable hash of the spec (identifies the stream in logs and caches)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class Stream(abc.ABC):
+    """An iterable of :class:`Batch`. Iterating twice yields the identical sequence."""
+
+    spec: StreamSpec | None = None
+
+    def __init__(self) -> None:
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of inputs that could not be read
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of batches."""
+
+    @property
+    @abc.abstractmethod
+    def domains(self) -> list[str]:
+        """Domain names in the order they first appear."""
+
+    def describe(self) -> dict[str, Any]:
+        """What a log header records about the stream."""
+        return {
+            "type": type(self).__name__,
+            "batches": len(self),
+            "domains": self.domains,
+            "spec": self.spec.to_dict() if self.spec else None,
+            "spec_hash": self.spec.config_hash() if self.spec else None,
+        }
+
+
+class TensorStream(Stream):
+    """Batches of an in-memory tensor pair, all in one domain, in order (last batch may be partial)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, domain: str, batch_size: int,
+                 spec: StreamSpec | None = None) -> None:
+        super().__init__()
+        if len(images) != len(labels):
+            raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.images, self.labels = images, torch.as_tensor(labels, dtype=torch.long)
+        self.domain, self.batch_size = str(domain), int(batch_size)
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    @property
+    def domains(self) -> list[str]:
+        return [self.domain] if len(self.images) else []
+
+    def __iter__(self) -> Iterator[Batch]:
+        for i, start in enumerate(range(0, len(self.images), self.batch_size)):
+            end = start + self.batch_size
+            yield Batch(self.images[start:end], self.labels[start:end], self.domain, i)
+
+
+class ConcatStream(Stream):
+    """Several streams one after another; batch indices run on across the parts."""
+
+    def __init__(self, parts: Sequence[Stream], spec: StreamSpec | None = None) -> None:
+        super().__init__()
+        self.parts = list(parts)
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    @property
+    def domains(self) -> list[str]:
+        return list(dict.fromkeys(d for p in self.parts for d in p.domains))
+
+    def __iter__(self) -> Iterator[Batch]:
+        index = 0
+        for part in self.parts:
+            for batch in part:
+                yield Batch(batch.images, batch.labels, batch.domain, index)
+                index += 1
+            self.skipped.extend(s for s in part.skipped if s not in self.skipped)
+
+
+def from_tensors(images: Tensor, labels: Tensor, domain: str = "default", batch_size: int = 64) -> Stream:
+    """A stream over in-memory tensors, one domain, fixed order."""
+    return TensorStream(images, labels, domain, batch_size)
+
+
+def concat(*streams: Stream) -> Stream:
+    """Concatenate streams (e.g. one per domain) into one continual stream."""
+    return ConcatStream(streams)
