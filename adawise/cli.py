@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     return int(module.main(args) or 0)
 
 

@@ -47,7 +47,8 @@ def collect(paths: list[str | Path]) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``adawise report``."""
     parser.add_argument("logs", nargs="+", help="run logs (JSONL) written by run_stream / adawise demo / run")
-    parser.add_argument("--out", default=None, help="folder for report.md and PNG plots (default: beside the first log)")
+    parser.add_argument("--out", default=None,
+                        help="folder for report.md and PNG plots (default: beside the first log)")
     parser.add_argument("--id-domain", default=None, help="in-distribution domain, excluded from the shift mean")
 
 

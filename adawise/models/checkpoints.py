@@ -39,7 +39,9 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     )
 
 
-def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_location: str = "cpu") -> dict[str, Tensor]:
+def load_checkpoint(
+    path: str | os.PathLike, trust_pickle: bool = False, map_location: str = "cpu"
+) -> dict[str, Tensor]:
     """Load a state dict from ``path`` without executing code unless told to.
 
     ``.safetensors`` files are read with safetensors; anything else with

@@ -1,0 +1,223 @@
+"""``adawise vrf-index``: build VRF's Zero-Shot-Failure index from the fine-tuning data.
+
+VRF: Zhu et al., NeurIPS 2024, "Enhancing Robust Fine-Tuning of Vision-Language Models via Variance
+Reduction". Two ways to name the models and the source data:
+
+* ``--embedded``: the bundled small world (:func:`adawise.load_embedded`), its fine-tuning images
+  as the source and its held-out clean images for the temperatures;
+* ``--arch A --pretrained W --finetuned F --source-data DIR``: open_clip models from local files
+  (:func:`adawise.load_pair`) and an image folder with one sub-folder per class (ImageNet train
+  layout: ``DIR/<wnid>/*.JPEG``), optionally ``--holdout-data DIR`` for the temperatures.
+
+The index is written as safetensors (``--out``); pass it to ``make_method("vrf", ..., index=PATH)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["add_arguments", "main", "FolderStream"]
+
+_IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_FILE_FLAGS = ("arch", "pretrained", "finetuned", "source_data")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``adawise vrf-index``."""
+    src = parser.add_argument_group("models and source data")
+    src.add_argument("--embedded", action="store_true",
+                     help="use the bundled small world (its fine-tuning data is the source)")
+    src.add_argument("--arch", help="open_clip architecture, e.g. ViT-B-16 (openai weights: ViT-B-16-quickgelu)")
+    src.add_argument("--pretrained", help="local CLIP weights file (zero-shot model)")
+    src.add_argument("--finetuned", help="local fine-tuned checkpoint (safetensors or weights-only .pt)")
+    src.add_argument("--trust-pickle", action="store_true", help="allow pickled checkpoints (trusted files only)")
+    src.add_argument("--source-data", help="image folder of the fine-tuning data, one sub-folder per class")
+    src.add_argument("--holdout-data", help="image folder of held-out in-distribution data (temperatures)")
+    src.add_argument("--class-names", default="imagenet",
+                     help="'imagenet' (folders are ImageNet wnids; default) or a text file with one class "
+                          "name per line, in sorted-folder order")
+    src.add_argument("--templates", default="openai", help="zero-shot templates: openai, simple or a file")
+    src.add_argument("--head-cache-dir", help="cache the zero-shot head here")
+    vrf = parser.add_argument_group("index")
+    vrf.add_argument("--out", required=True, help="output file, e.g. zsf.safetensors")
+    vrf.add_argument("--k", type=int, default=None, help="neighbour rank (default: round(1000*|ZSF|/|source|))")
+    vrf.add_argument("--a", type=float, default=1.5, help="omega = sigmoid(-(d - a)/b): a (default 1.5)")
+    vrf.add_argument("--b", type=float, default=0.6, help="omega = sigmoid(-(d - a)/b): b (default 0.6)")
+    vrf.add_argument("--true-l2", action="store_true", help="true L2 distances instead of the reference's squared L2")
+    vrf.add_argument("--holdout-fraction", type=float, default=0.1,
+                     help="share of the source held out for the temperatures when no holdout data is given")
+    vrf.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    run = parser.add_argument_group("execution")
+    run.add_argument("--batch-size", type=int, default=128)
+    run.add_argument("--workers", type=int, default=4, help="image decoding workers (folder data)")
+    run.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+class _ImageFiles(Dataset):
+    """(path, label) pairs decoded with CLIP's eval transform, without normalisation."""
+
+    def __init__(self, samples: list[tuple[str, int]], image_size: int) -> None:
+        self.samples, self.image_size = samples, image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        import torchvision.transforms.functional as TF
+        from PIL import Image
+        from torchvision.transforms import InterpolationMode
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except OSError as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+        img = TF.resize(img, self.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        img = TF.center_crop(img, [self.image_size, self.image_size])
+        return TF.to_tensor(img), label
+
+
+class FolderStream:
+    """Labelled batches of an image folder ``root/<class>/<image>`` (CLIP eval crop, [0, 1] floats).
+
+    Labels are the index of the folder name in ``label_of`` (e.g. ImageNet wnid -> class index), or
+    the sorted-folder index when ``label_of`` is None.
+    """
+
+    def __init__(self, root: str | os.PathLike, image_size: int, batch_size: int = 128, workers: int = 4,
+                 label_of: dict[str, int] | None = None) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root} (resolved: {root.resolve()}); pass a folder "
+                                    "with one sub-folder per class, e.g. ImageNet's train/<wnid>/*.JPEG")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if not classes:
+            raise ValueError(f"{root}: no class sub-folders found; expected {root}/<class>/<image>")
+        if label_of is not None:
+            unknown = [c for c in classes if c not in label_of]
+            if unknown:
+                raise ValueError(f"{root}: folders {unknown[:5]} are not known class ids (e.g. ImageNet wnids "
+                                 "such as n01440764); pass --class-names FILE for other datasets")
+        self.samples = [(str(p), label_of[c] if label_of is not None else i)
+                        for i, c in enumerate(classes)
+                        for p in sorted((root / c).iterdir()) if p.suffix.lower() in _IMG_EXT]
+        if not self.samples:
+            raise ValueError(f"{root}: no images ({', '.join(_IMG_EXT)}) in its class folders")
+        self.root, self.classes = root, classes
+        self.image_size, self.batch_size, self.workers = int(image_size), int(batch_size), int(workers)
+
+    def __len__(self) -> int:
+        return -(-len(self.samples) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        from streams.base import Batch
+
+        loader = DataLoader(_ImageFiles(self.samples, self.image_size), batch_size=self.batch_size,
+                            num_workers=self.workers)
+        for b, (images, labels) in enumerate(loader):
+            yield Batch(images, labels.long(), "source", b)
+
+
+def _class_names(spec: str) -> tuple[list[str], dict[str, int] | None]:
+    if spec == "imagenet":
+        from streams.imagenet_r import IMAGENET_CLASSNAMES, IMAGENET_WNIDS
+
+        return list(IMAGENET_CLASSNAMES), {w: i for i, w in enumerate(IMAGENET_WNIDS)}
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--class-names: {spec!r} is neither 'imagenet' nor a file ({path.resolve()})")
+    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not names:
+        raise ValueError(f"--class-names: {path} has no class names (one per line expected)")
+    return names, None
+
+
+def _embedded(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    import adawise
+    from streams.base import from_tensors
+
+    world = adawise.load_embedded()
+    needed = ("zeroshot", "finetuned", "source_images", "source_labels", "holdout_images", "holdout_labels")
+    missing = [n for n in needed if not hasattr(world, n)]
+    if missing:
+        raise AttributeError(f"the embedded world lacks {', '.join(missing)}; vrf-index --embedded needs "
+                             f"{', '.join(needed)}")
+    source = from_tensors(world.source_images, world.source_labels, "source", args.batch_size)
+    holdout = from_tensors(world.holdout_images, world.holdout_labels, "holdout", args.batch_size)
+    return world.zeroshot, world.finetuned, source, holdout
+
+
+def _from_files(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any, Any]:
+    import adawise
+
+    missing = [f"--{n.replace('_', '-')}" for n in _FILE_FLAGS if not getattr(args, n)]
+    if missing:
+        raise ValueError("vrf-index: pass --embedded, or all of --arch --pretrained --finetuned --source-data "
+                         f"(missing: {' '.join(missing)})")
+    for flag, value in (("--pretrained", args.pretrained), ("--finetuned", args.finetuned)):
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"{flag}: file not found: {value} (resolved: {Path(value).resolve()}); "
+                                    "nothing is downloaded, pass a local checkpoint")
+    names, label_of = _class_names(args.class_names)
+    zs, ft = adawise.load_pair(args.arch, names, pretrained=args.pretrained, finetuned=args.finetuned,
+                               templates=args.templates, device=device, trust_pickle=args.trust_pickle,
+                               head_cache_dir=args.head_cache_dir)
+    size = int(getattr(zs, "image_size", 224))
+
+    def folder(root: str) -> FolderStream:
+        stream = FolderStream(root, size, args.batch_size, args.workers, label_of)
+        if label_of is None and len(stream.classes) != len(names):
+            raise ValueError(f"{root}: {len(stream.classes)} class folders but {len(names)} class names in "
+                             f"{args.class_names}")
+        return stream
+
+    return zs, ft, folder(args.source_data), folder(args.holdout_data) if args.holdout_data else None
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``adawise vrf-index``; returns the exit status (2 on a usage or input error)."""
+    from adawise.zsf import build_zsf_index
+
+    try:
+        if args.embedded and any(getattr(args, n) for n in _FILE_FLAGS):
+            raise ValueError("vrf-index: --embedded cannot be combined with --arch/--pretrained/--finetuned/"
+                             "--source-data")
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if args.embedded:
+            zs, ft, source, holdout = _embedded(args)
+            zs, ft = zs.to(device), ft.to(device)
+        else:
+            zs, ft, source, holdout = _from_files(args, device)
+        index = build_zsf_index(zs, ft, source, holdout=holdout, holdout_fraction=args.holdout_fraction, k=args.k,
+                                a=args.a, b=args.b, squared=not args.true_l2, device=device,
+                                progress=not args.no_progress, seed=args.seed)
+        index.save(args.out)
+    except (FileNotFoundError, ValueError, TypeError, AttributeError, ImportError) as err:
+        print(f"adawise vrf-index: error: {err}", file=sys.stderr)
+        return 2
+    m = index.metadata
+    print(f"ZSF index: {m['n_zsf']} of {m['n_source']} source samples (fine-tuned right {m['ft_correct']}, "
+          f"zero-shot right {m['zs_correct']}); k={index.k}, a={index.a}, b={index.b}, "
+          f"{'squared L2' if index.squared else 'L2'}, T_zs={index.T_zs:.4f}, T_ft={index.T_ft:.4f} "
+          f"({m['n_holdout']} held-out samples) -> {args.out}")
+    return 0
+
+
+def _standalone(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="adawise vrf-index", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone())
