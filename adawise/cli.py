@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adawise`` console script and ``python -m adawise``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-v", "--verbose") and len(argv) > 1 and argv[1] in COMMANDS:
+        argv = [argv[1], argv[0], *argv[2:]]  # `adawise -v CMD ...` means `adawise CMD -v ...`
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
         args = parser.parse_args(argv)  # prints help / errors for unknown commands

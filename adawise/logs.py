@@ -92,9 +92,14 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict[str, 
                 raise ValueError(f"{path}:{number}: malformed JSON line ({err})") from None
         if not last:
             good_bytes += len(line) + 1
+        elif line.strip():  # a complete record that only lost its newline: keep it
+            good_bytes += len(line)
     if repair and good_bytes < len(raw):
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
+    if repair and raw[:good_bytes].strip() and not raw[:good_bytes].endswith(b"\n"):
+        with open(path, "ab") as f:  # so that appended lines start on a line of their own
+            f.write(b"\n")
     return records
 
 

@@ -165,15 +165,18 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
 
     done: list[dict[str, Any]] = []
     path = Path(log) if log is not None else None
+    resuming = False  # True when appending to an existing log (it already has its header)
     if path is not None and resume:
-        done = _load_resume(path, header) or []
+        previous = _load_resume(path, header)
+        resuming = previous is not None
+        done = previous or []
         if any(r.get("type") == "summary" for r in done):
             log_records = [r for r in done if r.get("type") == "batch"]
             return _result(method, setting, log_records, 0.0, path)
     elif path is not None and path.exists():
         path.unlink()
     writer = JsonlWriter(path) if path is not None else None
-    if writer is not None and not done:
+    if writer is not None and not resuming:
         writer.write(header)
 
     method.prepare(stream)

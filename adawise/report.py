@@ -30,6 +30,8 @@ def collect(paths: list[str | Path]) -> dict[str, Any]:
             name += f" [{run['header']['setting']}]"
         if not run["complete"]:
             name += " (incomplete)"
+        if name in accuracy:  # the same method twice (e.g. two seeds): keep both, told apart by file
+            name += f" ({Path(path).stem})" if f"{name} ({Path(path).stem})" not in accuracy else f" ({path})"
         per: dict[str, list[int]] = {}
         for r in run["batches"]:
             n_c = per.setdefault(r["domain"], [0, 0])
@@ -60,7 +62,9 @@ def main(args: argparse.Namespace) -> int:
     data = collect(args.logs)
     out = Path(args.out) if args.out else Path(args.logs[0]).parent
     out.mkdir(parents=True, exist_ok=True)
-    domains = list(dict.fromkeys(data["domains_per_batch"]))
+    # stream order of the longest log first, then any domain only other logs have
+    domains = list(dict.fromkeys([*data["domains_per_batch"],
+                                  *(d for row in data["accuracy"].values() for d in row)]))
     print(format_table(data["accuracy"], domains, args.id_domain, data["upper_bounds"]))
     (out / "report.md").write_text(
         format_table(data["accuracy"], domains, args.id_domain, data["upper_bounds"], fmt="markdown") + "\n")

@@ -70,9 +70,10 @@ def _check_alpha(alpha: float) -> float:
 def interpolate(sd0: StateDict, sd1: StateDict, alpha: float) -> dict[str, Tensor]:
     """Return θ(α) = (1 − α)·sd0 + α·sd1 as a new state dict (inputs are not modified).
 
-    Every floating tensor is lerped in fp32 and cast back to sd0's dtype; α = 0 returns sd0's values
-    and α = 1 sd1's values exactly. Integer and bool tensors (e.g. ``num_batches_tracked``, masks)
-    are copied from sd0. Keys and shapes must match exactly (:func:`check_compatible`).
+    Every floating tensor is lerped in fp32 (fp64 tensors in fp64) and cast back to sd0's dtype;
+    α = 0 returns sd0's values and α = 1 sd1's values exactly. Integer and bool tensors (e.g.
+    ``num_batches_tracked``, masks) are copied from sd0. Keys and shapes must match exactly
+    (:func:`check_compatible`).
     """
     alpha = _check_alpha(alpha)
     check_compatible(sd0, sd1)
@@ -80,7 +81,9 @@ def interpolate(sd0: StateDict, sd1: StateDict, alpha: float) -> dict[str, Tenso
     for key, t0 in sd0.items():
         t1 = sd1[key]
         if t0.is_floating_point():
-            mixed = torch.lerp(t0.detach().float(), t1.detach().to(t0.device).float(), alpha)
+            # at least fp32 (fp64 stays fp64, so alpha = 0 / 1 stay exact for every float dtype)
+            work = torch.promote_types(t0.dtype, torch.float32)
+            mixed = torch.lerp(t0.detach().to(work), t1.detach().to(t0.device, work), alpha)
             out[key] = mixed.to(t0.dtype)
         else:
             out[key] = t0.detach().clone()
@@ -128,19 +131,24 @@ class WeightSpace:
 
         floating: dict[torch.dtype, list[tuple[str, Tensor]]] = {}
         seen: set[int] = set()
+        tied: list[tuple[str, Tensor]] = []
         for key, tensor in live_sd.items():
             if not tensor.is_floating_point():
                 with torch.no_grad():
                     tensor.copy_(theta0[key])
                 continue
             if id(tensor) in seen:  # tied weights: one slot serves every name
+                tied.append((key, tensor))
                 continue
             seen.add(id(tensor))
             floating.setdefault(tensor.dtype, []).append((key, tensor))
 
+        self._views: dict[int, Tensor] = {}  # id of the original tensor -> its view in the flat buffer
         self.groups: list[_Group] = []
         for dtype, entries in floating.items():
             self.groups.append(self._build_group(dtype, entries, theta0, theta1))
+        for key, tensor in tied:  # a buffer shared by several modules must be rebound in each of them
+            self._rebind(key, tensor, self._views[id(tensor)])
         self.num_elements = sum(g.live.numel() for g in self.groups)
 
     def _build_group(
@@ -159,6 +167,7 @@ class WeightSpace:
                 master1[offset : offset + n].copy_(theta1[key].reshape(-1))
                 view = live[offset : offset + n].view(tensor.shape)
                 view.copy_(tensor)
+                self._views[id(tensor)] = view
                 self._rebind(key, tensor, view)
                 offset += n
         scratch = None if dtype == self.master_dtype else torch.empty_like(master0)

@@ -61,6 +61,11 @@ class WiSEFT(_Single):
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, alpha: float = 0.5) -> None:
         merged = copy.deepcopy(finetuned)
         merged.load_state_dict(interpolate(zeroshot.state_dict(), finetuned.state_dict(), alpha))
+        merged.provenance = {  # read by the log header instead of the fine-tuned model's own
+            "merge": f"WiSE-FT weights (1 - {float(alpha)}) * zeroshot + {float(alpha)} * finetuned",
+            "zeroshot": getattr(zeroshot, "provenance", None),
+            "finetuned": getattr(finetuned, "provenance", None),
+        }
         super().__init__(merged)
         self._alpha = float(alpha)
 

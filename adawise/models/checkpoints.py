@@ -39,6 +39,15 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     )
 
 
+def _is_safetensors(path: Path) -> bool:
+    """Sniff the safetensors layout: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
 def load_checkpoint(
     path: str | os.PathLike, trust_pickle: bool = False, map_location: str = "cpu"
 ) -> dict[str, Tensor]:
@@ -58,7 +67,7 @@ def load_checkpoint(
             f"checkpoint not found: {path} (resolved: {path.resolve()}). Pass the path of a local "
             ".safetensors or .pt state dict; nothing is downloaded."
         )
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors.torch import load_file
 
         return load_file(str(path), device=map_location)

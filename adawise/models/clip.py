@@ -265,7 +265,7 @@ def load_pair(arch: str | dict[str, Any], class_names: Sequence[str], pretrained
         "arch": arch if isinstance(arch, str) else "custom config",
         "pretrained": str(pretrained) if pretrained is not None else "random init",
         "head": f"zero-shot, {len(class_names)} classes x {len(resolve_templates(templates))} templates",
-        "class_mask": int(class_mask.sum()) if class_mask is not None else None,
+        "class_mask": int(torch.as_tensor(class_mask).sum()) if class_mask is not None else None,
     }
     if finetuned is not None:
         ft = load_finetuned(zeroshot, finetuned, trust_pickle)
