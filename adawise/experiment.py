@@ -1,0 +1,478 @@
+"""Experiments: every method on the same stream, one JSONL log each, then a table and plots.
+
+Shared by ``adawise run`` (:mod:`adawise.run_cmd`) and ``examples/stream_imagenet_r.py``:
+
+- :func:`add_arguments` / :func:`main`: the command line (ImageNet-R or ImageNet-C streams, local
+  weights, a config file), with exit code 2 and a message saying what to download and pass when
+  data or weights are missing;
+- :func:`load_models`: the (zero-shot, fine-tuned) pair from local files (``none``: random weights);
+- :func:`run_methods`: :func:`adawise.run_stream` for each method on one stream, logs under ``out``;
+- :func:`write_summary`: ``table.md``, ``accuracy.png`` (per domain) and ``alpha.png`` (α over the
+  stream, domain boundaries marked).
+
+Files written under ``--out``: ``<method>.jsonl`` and ``<method>.txt`` per method, ``table.md``,
+``accuracy.png``, ``alpha.png`` and ``config.json`` (pass it back with ``--config`` to repeat a run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from streams.base import Stream, StreamSpec
+
+__all__ = [
+    "DEFAULT_METHODS", "STREAMS", "UsageError", "add_arguments", "main", "load_models", "run_methods",
+    "write_summary", "missing_inputs_message", "default_head_cache", "parse_arch", "image_size_of",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHODS: tuple[str, ...] = ("zeroshot", "finetuned", "wiseft", "ose", "vrf", "adawise")
+STREAMS: tuple[str, ...] = ("imagenet-r", "imagenet-c")
+#: options that do not change results; left out of the log config (so --resume still matches)
+_RUN_ONLY = {"methods", "resume", "no_progress", "config", "out", "workers", "verbose", "head_cache_dir",
+             "command"}
+_LIST_OPTIONS = {"methods", "renditions", "corruptions"}
+
+
+class UsageError(Exception):
+    """Bad or missing command-line input; the message says what to pass. Exit code 2."""
+
+
+# --- messages ---------------------------------------------------------------------------------------
+
+
+def missing_inputs_message(stream: str, missing: Sequence[str]) -> str:
+    """What to download and pass when ``missing`` (e.g. ``["--data", "--pretrained"]``) were not given."""
+    from streams.imagenet_r import DOWNLOAD_URL
+    from streams.schedules import IMAGENET_VAL_HELP
+
+    lines = [f"missing {', '.join(missing)}. This job runs on local files only (nothing is downloaded):"]
+    if stream == "imagenet-r":
+        lines.append(f"  --data DIR          ImageNet-R: download {DOWNLOAD_URL}, extract it "
+                     "(tar -xf imagenet-r.tar) and pass --data path/imagenet-r (the folder holding the 200 "
+                     "<wnid> folders).")
+    else:
+        lines.append(f"  --data DIR          {IMAGENET_VAL_HELP}")
+    lines += [
+        "  --pretrained PATH   the open_clip checkpoint file of the zero-shot CLIP for --arch, e.g. the ViT-B-16 "
+        "OpenAI weights file (OpenAI weights are QuickGELU models: pass --arch ViT-B-16-quickgelu with them).",
+        "  --finetuned PATH    a fine-tuned state dict of the same architecture with a 1000-class ImageNet head "
+        "(e.g. a wise-ft end-to-end checkpoint), as safetensors or a weights-only .pt; a pickled checkpoint "
+        "(like wise-ft's) is opened only with --trust-pickle.",
+        "  Smoke test without weights: --pretrained none --finetuned none (random weights, meaningless accuracy).",
+        "No downloads here? Run `adawise demo`: every method on the bundled embedded world.",
+    ]
+    return "\n".join(lines)
+
+
+# --- arguments --------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser, streams: Sequence[str] = STREAMS) -> None:
+    """Add the experiment options to ``parser``; ``streams`` limits ``--stream`` (one: no option)."""
+    defaults: dict[str, Any] = {}
+
+    def add(group: Any, *flags: str, **kw: Any) -> None:
+        action = group.add_argument(*flags, **kw)
+        defaults[action.dest] = action.default
+
+    data = parser.add_argument_group("stream")
+    if len(streams) > 1:
+        add(data, "--stream", choices=list(streams), default=streams[0],
+            help=f"which stream (default {streams[0]}): imagenet-r (renditions of 200 classes) or imagenet-c "
+                 "(clean ImageNet val images, corrupted on the fly)")
+    else:
+        parser.set_defaults(stream=streams[0])
+    add(data, "--data", help="ImageNet-R folder (imagenet-r) or clean ImageNet val folder <wnid>/*.JPEG (imagenet-c)")
+    add(data, "--order", help="imagenet-r: rendition (default), shuffled, mixed, class-sorted; imagenet-c: "
+                              "continual (default), reset_each_shift, gradual (severity 1->5->1), mixed")
+    add(data, "--renditions", help="imagenet-r: comma-separated renditions to keep (default: all present)")
+    add(data, "--corruptions", help="imagenet-c: comma-separated corruptions in stream order (default: the 15 "
+                                    "of ImageNet-C; 'clean' adds an uncorrupted domain)")
+    add(data, "--severity", type=int, default=5, help="imagenet-c: severity 1-5 (default 5; gradual ignores it)")
+    add(data, "--limit-per-domain", type=int, help="a seeded subset of this many images per domain")
+    add(data, "--batch-size", type=int, default=64, help="test batch size (default 64)")
+    add(data, "--seed", type=int, default=0, help="seed of the stream order, corruptions and the run (default 0)")
+    add(data, "--workers", type=int, help="image decoding workers (default min(4, cpus))")
+
+    models = parser.add_argument_group("models (local files only)")
+    add(models, "--arch", default="ViT-B-16",
+        help="open_clip architecture (default ViT-B-16; OpenAI weights: ViT-B-16-quickgelu), or a JSON file "
+             "with a custom open_clip config (embed_dim, vision_cfg, text_cfg)")
+    add(models, "--pretrained", help="local zero-shot CLIP weights file, or 'none' for random weights")
+    add(models, "--finetuned", help="local fine-tuned checkpoint (1000-class ImageNet head), or 'none' "
+                                    "(a randomly perturbed copy of the zero-shot model; smoke tests)")
+    add(models, "--trust-pickle", action="store_true", help="allow pickled checkpoints (trusted files only)")
+    add(models, "--templates", default="openai",
+        help="zero-shot prompts: openai (the 80 ImageNet templates, default), simple (one plain template) "
+             "or a text file with one template per line ({} for the class name)")
+    add(models, "--head-cache-dir", help="where zero-shot heads are cached, keyed by weights, class names and "
+                                         "templates (default $ADAWISE_CACHE/heads or ~/.cache/adawise/heads)")
+
+    methods = parser.add_argument_group("methods")
+    add(methods, "--methods", help=f"comma-separated method names (default {','.join(DEFAULT_METHODS)}; "
+                                   "see adawise.registered_methods())")
+    add(methods, "--alpha", type=float, default=0.5, help="wiseft: the fixed alpha (default 0.5)")
+    add(methods, "--ose-w", type=float, default=0.5, help="ose: the fine-tuned weight w (default 0.5)")
+    add(methods, "--vrf-index", help="vrf: a Zero-Shot-Failure index file (build one with `adawise vrf-index`)")
+    add(methods, "--method-option", action="append", default=[], metavar="NAME.KEY=VALUE",
+        help="extra method option, e.g. adawise.iterations=5 (repeatable; VALUE parsed as JSON if it can be)")
+
+    run = parser.add_argument_group("run")
+    add(run, "--setting", choices=["continual", "reset_each_shift"],
+        help="continual (default) or reset_each_shift (reset at every domain boundary)")
+    add(run, "--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    add(run, "--out", default="runs/experiment", help="output folder (default runs/experiment)")
+    add(run, "--resume", action="store_true", help="continue interrupted logs with the same configuration")
+    add(run, "--no-progress", action="store_true", help="no progress bars")
+    add(run, "--config", help="JSON (or TOML) file of options (keys as the long option names); options "
+                              "given on the command line win; <out>/config.json of a run repeats it")
+    parser.set_defaults(_experiment_defaults=defaults)
+
+
+def _load_config(path: str) -> dict[str, Any]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"--config: file not found: {p.resolve()}")
+    if p.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError as err:  # Python 3.10
+            raise UsageError(f"--config {p}: TOML needs Python >= 3.11; use a JSON file") from err
+        return tomllib.loads(p.read_text())
+    try:
+        data = json.loads(p.read_text())
+    except ValueError as err:
+        raise UsageError(f"--config {p}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {p}: expected a JSON object of options")
+    return data
+
+
+def apply_config(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill options left at their defaults from ``args.config`` (command-line values win)."""
+    if not getattr(args, "config", None):
+        return args
+    defaults: dict[str, Any] = getattr(args, "_experiment_defaults", {})
+    for key, value in _load_config(args.config).items():
+        dest = key.replace("-", "_")
+        if dest in ("config", "verbose", "_experiment_defaults"):
+            continue
+        if dest == "stream" and "stream" not in defaults:  # the example fixes its stream
+            if value != args.stream:
+                raise UsageError(f"--config {args.config}: stream {value!r}, but this command runs {args.stream}")
+            continue
+        if dest not in defaults:
+            raise UsageError(f"--config {args.config}: unknown option {key!r}; known: {', '.join(sorted(defaults))}")
+        if dest in _LIST_OPTIONS and isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        if dest == "method_option" and isinstance(value, Mapping):
+            value = [f"{m}.{k}={json.dumps(v)}" for m, opts in value.items() for k, v in opts.items()]
+        if getattr(args, dest) == defaults[dest]:
+            setattr(args, dest, value)
+    return args
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    opts: dict[str, dict[str, Any]] = {"wiseft": {"alpha": args.alpha}, "ose": {"w": args.ose_w}}
+    if args.vrf_index:
+        opts["vrf"] = {"index": str(Path(args.vrf_index).expanduser())}
+    for item in args.method_option or []:
+        name_key, sep, raw = item.partition("=")
+        name, dot, key = name_key.partition(".")
+        if not sep or not dot or not name or not key:
+            raise UsageError(f"--method-option {item!r}: expected NAME.KEY=VALUE, e.g. wiseft.alpha=0.3")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        opts.setdefault(name, {})[key] = value
+    return opts
+
+
+def _resolve_methods(args: argparse.Namespace) -> list[str]:
+    from adawise.methods.registry import registered_methods
+
+    known = set(registered_methods())
+    if args.methods:
+        names = list(dict.fromkeys(_split(args.methods)))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UsageError(f"unknown method(s) {unknown}; registered methods: {', '.join(sorted(known))}")
+        return names
+    names = [n for n in DEFAULT_METHODS if n in known]
+    missing = [n for n in DEFAULT_METHODS if n not in known]
+    if missing:
+        log.warning("default method(s) %s are not available in this version; running %s", missing, names)
+    return names
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def parse_arch(arch: str | dict[str, Any]) -> str | dict[str, Any]:
+    """An open_clip architecture name, or the config dict in a ``.json`` file."""
+    if isinstance(arch, dict):
+        return arch
+    if arch.lower().endswith(".json"):
+        path = Path(arch).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--arch {arch}: JSON config file not found ({path.resolve()})")
+        cfg = json.loads(path.read_text())
+        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            raise UsageError(f"--arch {arch}: an open_clip config needs embed_dim, vision_cfg and text_cfg")
+        return cfg
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        raise UsageError(f"--arch {arch!r} is not an open_clip architecture; see open_clip.list_models() "
+                         "(e.g. ViT-B-16, ViT-B-16-quickgelu for OpenAI weights, ViT-L-14)")
+    return arch
+
+
+def image_size_of(arch: str | dict[str, Any]) -> int:
+    """Input resolution of an architecture, without building it."""
+    if isinstance(arch, dict):
+        cfg = arch
+    else:
+        import open_clip
+
+        cfg = open_clip.get_model_config(arch) or {}
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def default_head_cache(out: str | os.PathLike | None = None) -> Path | None:
+    """``$ADAWISE_CACHE/heads`` or ``~/.cache/adawise/heads`` if writable, else ``<out>/cache``."""
+    base = os.environ.get("ADAWISE_CACHE")
+    candidates = [Path(base).expanduser() / "heads"] if base else [Path.home() / ".cache" / "adawise" / "heads"]
+    if out is not None:
+        candidates.append(Path(out) / "cache")
+    for path in candidates:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(path, os.W_OK):
+            return path
+    return None
+
+
+def _weights_path(value: str | None) -> str | None:
+    return None if value is None or value.lower() == "none" else str(Path(value).expanduser())
+
+
+def load_models(arch: str | dict[str, Any], pretrained: str | None, finetuned: str | None, *,
+                class_names: Sequence[str], class_mask: torch.Tensor | None = None, templates: str = "openai",
+                device: str | torch.device = "cpu", trust_pickle: bool = False,
+                head_cache_dir: str | os.PathLike | None = None, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(zero-shot, fine-tuned) classifiers via :func:`adawise.load_pair`; ``"none"`` means random weights."""
+    from adawise.models.clip import load_pair
+
+    return load_pair(parse_arch(arch), list(class_names), pretrained=_weights_path(pretrained),
+                     finetuned=_weights_path(finetuned), templates=templates, class_mask=class_mask,
+                     device=device, trust_pickle=trust_pickle, head_cache_dir=head_cache_dir, seed=seed)
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+def run_methods(zs: nn.Module, ft: nn.Module, stream: Stream, methods: Sequence[str], out: str | os.PathLike,
+                setting: str = "continual", seed: int = 0, device: str | torch.device | None = None,
+                method_options: Mapping[str, Mapping[str, Any]] | None = None,
+                config: Mapping[str, Any] | None = None, progress: bool = True, resume: bool = False,
+                id_domain: str | None = None) -> dict[str, Any]:
+    """Run each method (by registry name) on ``stream``; write logs, the table and the plots to ``out``.
+
+    Every method iterates the same stream object, hence the identical batches. ``vrf`` without an
+    ``index`` option is skipped with a message saying how to build one.
+
+    Returns:
+        method name -> :class:`~adawise.loop.StreamResult`.
+    """
+    from tqdm.auto import tqdm
+
+    from adawise.loop import run_stream
+    from adawise.methods.registry import make_method
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {k: dict(v) for k, v in (method_options or {}).items()}
+    results: dict[str, Any] = {}
+    upper_bounds: list[str] = []
+    methods = list(methods)
+    if "vrf" in methods and options.get("vrf", {}).get("index") is None:
+        log.warning("skipping vrf: it needs a Zero-Shot-Failure index built from the fine-tuning data; build one "
+                    "with `adawise vrf-index --arch ... --pretrained ... --finetuned ... --source-data DIR "
+                    "--out zsf.safetensors` and pass --vrf-index zsf.safetensors")
+        methods.remove("vrf")
+    for name in tqdm(methods, desc="methods", disable=not progress, dynamic_ncols=True):
+        opts = options.get(name, {})
+        method = make_method(name, zeroshot=zs, finetuned=ft, **opts)
+        if method.uses_labels:
+            upper_bounds.append(name)
+        result = run_stream(method, stream, log=out / f"{name}.jsonl", setting=setting, seed=seed,
+                            config=dict(config or {}), progress=progress, resume=resume, device=device)
+        results[name] = result
+        log.info("%s: accuracy %.2f%% (%s, %.1f s) -> %s", name, 100 * result.accuracy, setting, result.seconds,
+                 result.log_path)
+        del method
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if results:
+        write_summary(results, out, domains=stream.domains, id_domain=id_domain, upper_bounds=upper_bounds,
+                      skipped=[p for p, _ in stream.skipped])
+    return results
+
+
+def write_summary(results: Mapping[str, Any], out: str | os.PathLike, domains: Sequence[str] | None = None,
+                  id_domain: str | None = None, upper_bounds: Sequence[str] = (),
+                  skipped: Sequence[str] = ()) -> dict[str, Path]:
+    """``table.md`` (accuracy per domain, markdown), ``accuracy.png`` and ``alpha.png`` under ``out``."""
+    from adawise.logs import format_table, plot_accuracy, plot_alpha
+
+    out = Path(out)
+    accuracy = {m: r.per_domain for m, r in results.items()}
+    present = {d for row in accuracy.values() for d in row}
+    domains = [d for d in (domains or []) if d in present] + sorted(present - set(domains or []))
+    bounds = tuple(upper_bounds) or ("oracle",)
+    setting = next(iter(results.values())).setting
+    lines = [f"# Accuracy per domain (%), setting {setting}", "",
+             format_table(accuracy, domains, id_domain=id_domain, upper_bounds=bounds, fmt="markdown"), "",
+             "Overall (all images): " + ", ".join(f"{m} {100 * r.accuracy:.1f}" for m, r in results.items())]
+    if skipped:
+        lines += ["", f"Skipped {len(skipped)} unreadable file(s): " + ", ".join(skipped[:20])
+                  + (" ..." if len(skipped) > 20 else "")]
+    paths = {"table": out / "table.md"}
+    paths["table"].write_text("\n".join(lines) + "\n")
+    paths["accuracy"] = plot_accuracy(accuracy, out / "accuracy.png", domains, upper_bounds=bounds)
+    series = {m: r.alphas for m, r in results.items() if any(a is not None for a in r.alphas)}
+    longest = max(results.values(), key=lambda r: len(r.records))
+    per_batch = [rec["domain"] for rec in longest.records]
+    paths["alpha"] = plot_alpha(series, per_batch, out / "alpha.png")
+    return paths
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    missing = [flag for flag, value in (("--data", args.data), ("--pretrained", args.pretrained),
+                                        ("--finetuned", args.finetuned)) if not value]
+    if missing:
+        raise UsageError(missing_inputs_message(args.stream, missing))
+    for flag, value in (("--pretrained", args.pretrained), ("--finetuned", args.finetuned),
+                        ("--vrf-index", args.vrf_index)):
+        path = _weights_path(value)
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{flag} {value}: file not found (looked at {Path(path).resolve()}).\n"
+                             + missing_inputs_message(args.stream, [flag]))
+    if not Path(args.data).expanduser().is_dir():
+        raise UsageError(f"--data {args.data}: folder not found (looked at {Path(args.data).expanduser().resolve()}).\n"
+                         + missing_inputs_message(args.stream, ["--data"]))
+
+
+def _make_spec(args: argparse.Namespace, image_size: int) -> StreamSpec:
+    from streams import imagenet_r, schedules
+
+    root = str(Path(args.data).expanduser())
+    if args.stream == "imagenet-r":
+        order = args.order or "rendition"
+        allowed = (*imagenet_r.ORDERS, "continual", "reset_each_shift")
+        if order not in allowed:
+            raise UsageError(f"--order {order!r} is not an imagenet-r order; choose from {', '.join(allowed)}")
+        renditions = _split(args.renditions)
+        bad = [r for r in renditions if r not in imagenet_r.RENDITIONS]
+        if bad:
+            raise UsageError(f"--renditions: unknown {bad}; choose from {', '.join(imagenet_r.RENDITIONS)}")
+        return StreamSpec.make("imagenet-r", domains=renditions, order=order, batch_size=args.batch_size,
+                               seed=args.seed, root=root, image_size=image_size,
+                               limit_per_domain=args.limit_per_domain)
+    order = args.order or "continual"
+    if order not in schedules.ORDERS:
+        raise UsageError(f"--order {order!r} is not an imagenet-c order; choose from {', '.join(schedules.ORDERS)}")
+    try:
+        return schedules.corruption_spec(_split(args.corruptions) or None, order=order, severity=args.severity,
+                                         batch_size=args.batch_size, seed=args.seed, source="imagenet-c",
+                                         root=root, image_size=image_size, shuffle=True,
+                                         limit_per_domain=args.limit_per_domain)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _config_record(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_")}
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the experiment described by ``args`` (see :func:`add_arguments`); returns an exit code."""
+    try:
+        return _main(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    from streams import imagenet_r, schedules
+
+    args = apply_config(args)
+    _check_inputs(args)
+    methods = _resolve_methods(args)
+    method_options = _method_options(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine; pass --device cpu")
+    arch = parse_arch(args.arch)
+    spec = _make_spec(args, image_size_of(arch))
+    setting = args.setting or schedules.setting_for(spec)
+    if spec.order == "reset_each_shift" and setting != "reset_each_shift":
+        raise UsageError("--order reset_each_shift runs with the setting reset_each_shift; drop --setting continual")
+    try:  # scan the data before the (slow) model loading
+        stream = schedules.build_stream(spec, num_workers=args.workers, device=device)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"{err}\n" + missing_inputs_message(args.stream, ["--data"])) from None
+    log.info("stream %s: %d batches, domains %s (spec %s)", spec.source, len(stream), stream.domains,
+             spec.config_hash())
+
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    record = _config_record(args)
+    repeat = {k: v for k, v in record.items() if k not in ("config", "verbose", "resume")}
+    (out / "config.json").write_text(json.dumps(repeat, indent=2) + "\n")
+    head_cache = args.head_cache_dir or default_head_cache(out)
+    class_mask = imagenet_r.IMAGENET_R_MASK if args.stream == "imagenet-r" else None
+    try:
+        zs, ft = load_models(arch, args.pretrained, args.finetuned, class_names=imagenet_r.IMAGENET_CLASSNAMES,
+                             class_mask=class_mask, templates=args.templates, device=device,
+                             trust_pickle=args.trust_pickle, head_cache_dir=head_cache, seed=args.seed)
+    except FileNotFoundError as err:
+        raise UsageError(f"{err}\n" + missing_inputs_message(args.stream, ["--pretrained", "--finetuned"])) from None
+    config = {k: v for k, v in record.items() if k not in _RUN_ONLY}
+    config["spec_hash"] = spec.config_hash()
+    id_domain = schedules.CLEAN if schedules.CLEAN in stream.domains else None
+    results = run_methods(zs, ft, stream, methods, out, setting=setting, seed=args.seed, device=device,
+                          method_options=method_options, config=config, progress=not args.no_progress,
+                          resume=args.resume, id_domain=id_domain)
+    if not results:
+        print("error: no method ran (see the messages above)", file=sys.stderr)
+        return 1
+    print((out / "table.md").read_text())
+    print(f"logs: {', '.join(str(r.log_path) for r in results.values())}")
+    print(f"table: {out / 'table.md'}  plots: {out / 'accuracy.png'}, {out / 'alpha.png'}")
+    return 0

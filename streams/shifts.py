@@ -1,0 +1,156 @@
+"""The embedded world's distribution shifts: ImageNet-C corruptions and rendition-like shifts.
+
+Every shift maps a batch ``[B, 3, H, W]`` in [0, 1] to the same shape in [0, 1] and is deterministic
+given ``seed``. Corruptions wrap :func:`streams.corruptions.corrupt` (Hendrycks & Dietterich, ICLR 2019)
+at a fixed severity; the rendition-like shifts (in the spirit of ImageNet-R's renditions) are:
+
+- ``invert``: the photographic negative, 1 − x;
+- ``rotate``: each image rotated by a random angle of 30-60 degrees, either direction;
+- ``sketch``: an edge sketch, the Sobel gradient magnitude normalised per image (white lines on black,
+  like the dataset's white-on-black garments);
+- ``silhouette``: the garment's shape only (pixels above 0.1 become white);
+- ``upside_down``: a vertical flip.
+
+``seen`` marks the families the embedded world's pretraining augmentation covers (noise, blur,
+contrast, brightness, inversion, rotation up to 20 degrees); the others are new to both models.
+A name such as ``"gaussian_noise:5"`` overrides a corruption's severity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Shift", "SHIFTS", "DEFAULT_DOMAINS", "ID_DOMAIN", "get_shift", "apply_shift", "describe"]
+
+ShiftFn = Callable[[Tensor, int], Tensor]
+ID_DOMAIN = "clean"
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A named shift: ``shift(images, seed)`` -> shifted images (same shape, [0, 1])."""
+
+    name: str
+    fn: ShiftFn
+    kind: str  # "identity" | "corruption" | "rendition"
+    seen: bool  # a family the pretraining augmentation covered
+    severity: int | None = None
+
+    def __call__(self, images: Tensor, seed: int = 0) -> Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"shift {self.name!r}: expected [B, 3, H, W] images, got {tuple(images.shape)}")
+        return self.fn(images, seed).clamp(0, 1)
+
+
+def _identity(x: Tensor, seed: int) -> Tensor:
+    return x.clone()
+
+
+def _invert(x: Tensor, seed: int) -> Tensor:
+    return 1 - x
+
+
+def _rotate(x: Tensor, seed: int, low: float = 30.0, high: float = 60.0) -> Tensor:
+    gen = torch.Generator().manual_seed(int(seed))
+    b = x.shape[0]
+    angle = low + (high - low) * torch.rand(b, generator=gen)
+    angle = torch.deg2rad(angle * torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)).to(x)
+    cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def _grey(x: Tensor) -> Tensor:
+    return x.mean(1, keepdim=True)
+
+
+def _sketch(x: Tensor, seed: int) -> Tensor:
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
+    g = F.pad(_grey(x), (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(g, kx.view(1, 1, 3, 3))
+    gy = F.conv2d(g, kx.t().contiguous().view(1, 1, 3, 3))
+    mag = torch.sqrt(gx**2 + gy**2)
+    mag = mag / mag.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    return mag.expand_as(x).clone()
+
+
+def _silhouette(x: Tensor, seed: int) -> Tensor:
+    return (_grey(x) > 0.1).to(x.dtype).expand_as(x).clone()
+
+
+def _upside_down(x: Tensor, seed: int) -> Tensor:
+    return x.flip(-2)
+
+
+def _corruption(name: str, severity: int) -> ShiftFn:
+    def fn(x: Tensor, seed: int) -> Tensor:
+        from streams.corruptions import corrupt
+
+        return corrupt(x, name, severity, seed=seed)
+
+    fn.__name__ = f"{name}_{severity}"
+    return fn
+
+
+#: corruption -> (default severity in the world, seen in pretraining)
+_CORRUPTIONS: dict[str, tuple[int, bool]] = {
+    "gaussian_noise": (3, True), "shot_noise": (3, False), "impulse_noise": (3, False),
+    "defocus_blur": (3, True), "glass_blur": (3, False), "motion_blur": (3, False), "zoom_blur": (3, False),
+    "snow": (3, False), "frost": (3, False), "fog": (3, False),
+    "brightness": (3, True), "contrast": (3, True), "elastic_transform": (3, False),
+    "pixelate": (3, False), "jpeg_compression": (3, False),
+}
+
+SHIFTS: dict[str, Shift] = {ID_DOMAIN: Shift(ID_DOMAIN, _identity, "identity", True)}
+SHIFTS.update({n: Shift(n, _corruption(n, s), "corruption", seen, s) for n, (s, seen) in _CORRUPTIONS.items()})
+SHIFTS.update({
+    "invert": Shift("invert", _invert, "rendition", True),
+    "rotate": Shift("rotate", _rotate, "rendition", False),
+    "sketch": Shift("sketch", _sketch, "rendition", False),
+    "silhouette": Shift("silhouette", _silhouette, "rendition", False),
+    "upside_down": Shift("upside_down", _upside_down, "rendition", False),
+})
+
+#: the demo's stream: the clean domain, then a continual sequence of shifts
+DEFAULT_DOMAINS: tuple[str, ...] = (
+    ID_DOMAIN, "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "motion_blur", "contrast",
+    "brightness", "fog", "pixelate", "elastic_transform", "jpeg_compression", "invert", "rotate", "sketch",
+)
+
+
+def get_shift(name: str) -> Shift:
+    """The shift called ``name`` (``"corruption:severity"`` overrides a corruption's severity)."""
+    base, _, sev = name.partition(":")
+    if base not in SHIFTS:
+        raise KeyError(f"unknown shift {name!r}; known: {', '.join(SHIFTS)} (corruptions take ':1'..':5')")
+    shift = SHIFTS[base]
+    if not sev:
+        return shift
+    if shift.kind != "corruption" or not sev.isdigit() or not 1 <= int(sev) <= 5:
+        raise ValueError(f"shift {name!r}: only corruptions take a severity, an integer from 1 to 5")
+    return Shift(name, _corruption(base, int(sev)), "corruption", shift.seen, int(sev))
+
+
+def apply_shift(images: Tensor, name: str, seed: int = 0, chunk: int = 512) -> Tensor:
+    """Apply shift ``name`` to a whole set in chunks (chunk ``i`` uses seed ``seed * 1000 + i``)."""
+    shift = get_shift(name)
+    if len(images) == 0:
+        return images.clone()
+    parts = [shift(images[i : i + chunk].contiguous(), seed * 1000 + i // chunk) for i in range(0, len(images), chunk)]
+    return torch.cat(parts)
+
+
+def describe(names: Sequence[str]) -> list[dict[str, object]]:
+    """Name, kind, severity and whether pretraining saw the family, per domain (for logs and docs)."""
+    out = []
+    for n in names:
+        s = get_shift(n)
+        out.append({"name": n, "kind": s.kind, "severity": s.severity, "seen_in_pretraining": s.seen})
+    return out
+
