@@ -1,0 +1,280 @@
+"""Tests of streams.corruptions: the 15 ImageNet-C corruptions x 5 severities as batched torch ops."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from streams import _imageops as ops
+from streams.corruptions import CORRUPTIONS, RANDOM_CORRUPTIONS, corrupt, corruption_grid
+
+EXPECTED_NAMES = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+    "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+    "jpeg_compression",
+)
+
+
+def textured(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Mid-grey image with structure at every scale (bilinear value noise, octaves 2..size/2 cells)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.full((batch, 3, size, size), 0.5)
+    cells = 2
+    while cells <= size // 2:
+        coarse = torch.rand((batch, 3, cells + 1, cells + 1), generator=gen) * 2 - 1
+        out += 0.1 * (cells / 2) ** -0.3 * F.interpolate(coarse, size=(size, size), mode="bilinear",
+                                                         align_corners=True)
+        cells *= 2
+    return out.clamp(0.05, 0.95)
+
+
+BATCHES = {"4x32": textured(4, 32), "2x64": textured(2, 64, seed=1)}
+
+
+def test_names_in_reference_order():
+    assert CORRUPTIONS == EXPECTED_NAMES
+    assert RANDOM_CORRUPTIONS <= set(CORRUPTIONS)
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_every_severity_keeps_shape_range_and_grows(name):
+    for label, x in BATCHES.items():
+        distances = []
+        for severity in range(1, 6):
+            y = corrupt(x, name, severity, seed=0)
+            assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
+            assert torch.isfinite(y).all()
+            assert y.min() >= 0 and y.max() <= 1
+            distances.append((y - x).abs().mean().item())
+        assert all(b > a for a, b in zip(distances, distances[1:], strict=False)), (label, distances)
+        assert distances[0] > 0, (label, distances)
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_external_check_uniform_noise_batch(name):
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
+    distances = []
+    for severity in range(1, 6):
+        y = corrupt(x, name, severity, seed=0)
+        assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+        distances.append((y - x).abs().mean().item())
+    assert distances[4] > distances[0]
+    assert torch.equal(corrupt(x, name, 3, seed=0), corrupt(x, name, 3, seed=0))
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_seed_reproducible_and_seed_dependent(name):
+    x = BATCHES["4x32"]
+    before = x.clone()
+    first = corrupt(x, name, 3, seed=0)
+    assert torch.equal(first, corrupt(x, name, 3, seed=0))
+    assert torch.equal(x, before), "input must not be modified"
+    other = corrupt(x, name, 3, seed=1)
+    if name in RANDOM_CORRUPTIONS:
+        assert not torch.equal(first, other)
+    else:
+        assert torch.equal(first, other)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 33, 45), (1, 3, 28, 28), (1, 3, 9, 16)])
+def test_odd_and_non_square_sizes(shape):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(3))
+    for name in CORRUPTIONS:
+        y = corrupt(x, name, 5, seed=2)
+        assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1, name
+
+
+def test_dtype_int_like_severity_tiny_and_empty_batch():
+    x = textured(1, 32).double()
+    assert corrupt(x, "fog", 2).dtype == torch.float64
+    assert corrupt(x.half(), "contrast", 2).dtype == torch.float16
+    assert torch.equal(corrupt(x, "fog", np.int64(2)), corrupt(x, "fog", 2))
+    tiny = torch.rand(1, 3, 2, 3, generator=torch.Generator().manual_seed(0))
+    assert all(corrupt(tiny, name, 5).shape == tiny.shape for name in CORRUPTIONS)
+    empty = torch.zeros(0, 3, 16, 16)
+    assert corrupt(empty, "snow", 4).shape == (0, 3, 16, 16)
+
+
+def test_clear_errors():
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="valid names: gaussian_noise, shot_noise"):
+        corrupt(x, "speckle_noise", 1)
+    for severity in (0, 6, -1, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="severity must be an integer from 1 to 5"):
+            corrupt(x, "fog", severity)
+    for shape in [(3, 16, 16), (2, 1, 16, 16), (2, 4, 16, 16), (1, 2, 3, 16, 16)]:
+        with pytest.raises(ValueError, match=r"\[B, 3, H, W\].*3 channels"):
+            corrupt(torch.rand(shape), "fog", 1)
+    with pytest.raises(TypeError, match="floating point"):
+        corrupt(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "fog", 1)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        corrupt(np.zeros((1, 3, 8, 8)), "fog", 1)
+
+
+# ----- fidelity of the pieces against the libraries the reference called -------------------------
+
+def test_noise_statistics():
+    grey = torch.full((2, 3, 64, 64), 0.5)
+    noisy = corrupt(grey, "gaussian_noise", 1)
+    assert abs((noisy - grey).std().item() - 0.08) < 0.005
+    impulse = corrupt(grey, "impulse_noise", 5)
+    assert abs((impulse != grey).float().mean().item() - 0.27) < 0.02
+    assert set(impulse[impulse != grey].unique().tolist()) == {0.0, 1.0}
+    shot = corrupt(grey, "shot_noise", 5)  # min(Poisson(1.5) / 3, 1)
+    expected = sum(min(k / 3, 1.0) * math.exp(-1.5) * 1.5**k / math.factorial(k) for k in range(40))
+    assert abs(shot.mean().item() - expected) < 0.01
+    assert set((shot * 3).round().unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_colour_corruptions_match_reference_formulas():
+    x = textured(2, 32)
+    contrast = corrupt(x, "contrast", 1)
+    means = x.mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose(contrast, (x - means) * 0.4 + means, atol=1e-6)
+    grey = torch.full((1, 3, 8, 8), 0.3)
+    assert torch.allclose(corrupt(grey, "brightness", 2), torch.full_like(grey, 0.5))
+    colour = torch.tensor([0.2, 0.4, 0.8]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    bright = corrupt(colour, "brightness", 1)  # HSV: V 0.8 -> 0.9, hue and saturation kept
+    assert torch.allclose(bright[0, :, 0, 0], torch.tensor([0.225, 0.45, 0.9]), atol=1e-6)
+
+
+def test_pixelate_matches_pil_box_round_trip():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = rng.random((50, 50)).astype(np.float32)
+    x = torch.from_numpy(image).expand(1, 3, 50, 50)
+    for severity, factor in enumerate((0.6, 0.5, 0.4, 0.3, 0.25), start=1):
+        small = Image.fromarray(image, mode="F").resize((int(50 * factor),) * 2, Image.BOX)
+        reference = np.asarray(small.resize((50, 50), Image.BOX))
+        ours = corrupt(x, "pixelate", severity)[0, 0].numpy()
+        assert np.abs(ours - reference).max() < 1e-5
+
+
+def test_jpeg_close_to_pil():
+    from PIL import Image
+
+    x = textured(1, 48)
+    x = (x * 255).round() / 255
+    array = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    for severity, quality in enumerate((25, 18, 15, 10, 7), start=1):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, "JPEG", quality=quality)
+        decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), dtype=np.float32) / 255
+        reference = torch.from_numpy(decoded).permute(2, 0, 1)[None]
+        ours = corrupt(x, "jpeg_compression", severity)
+        assert (ours - reference).abs().mean() < 0.006, quality
+
+
+def test_filters_match_scipy():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(1)
+    image = rng.random((37, 45)).astype(np.float32)
+    x = torch.from_numpy(image)[None, None]
+    for sigma, mode, scipy_mode, truncate in ((0.7, "replicate", "nearest", 4.0), (2.4, "reflect", "reflect", 3.0),
+                                              (60.0, "reflect", "reflect", 3.0)):
+        ours = ops.gaussian_blur(x, sigma, truncate=truncate, mode=mode)[0, 0].numpy()
+        assert np.abs(ours - ndimage.gaussian_filter(image, sigma, mode=scipy_mode, truncate=truncate)).max() < 1e-5
+    kernel = rng.random((7, 5)).astype(np.float32)
+    for mode, scipy_mode in (("mirror", "mirror"), ("replicate", "nearest"), ("reflect", "reflect")):
+        ours = ops.filter2d(x, torch.from_numpy(kernel), mode=mode)[0, 0].numpy()
+        assert np.abs(ours - ndimage.correlate(image, kernel, mode=scipy_mode)).max() < 1e-4
+    square = image[:37, :37]
+    for zoom in (1.04, 1.16, 1.3, 2.5):  # reference clipped_zoom: centre crop, scipy zoom(order=1), trim
+        crop = math.ceil(37 / zoom)
+        top = (37 - crop) // 2
+        zoomed = ndimage.zoom(square[top : top + crop, top : top + crop], zoom, order=1)
+        trim = (zoomed.shape[0] - 37) // 2
+        reference = zoomed[trim : trim + 37, trim : trim + 37]
+        ours = ops.clipped_zoom(torch.from_numpy(square)[None, None], zoom)[0, 0].numpy()
+        assert np.abs(ours - reference).max() < 1e-5
+
+
+def test_motion_kernel_matches_imagecorruptions_shifts():
+    rng = np.random.default_rng(2)
+    image = rng.random((30, 34)).astype(np.float32)
+    radius, sigma = 10, 3
+    for angle in (-40.0, 0.0, 23.0):
+        width = 2 * radius + 1
+        weights = np.exp(-(np.arange(width) ** 2) / (2 * sigma**2))
+        weights /= weights.sum()
+        reference = np.zeros_like(image)
+        for i in range(width):  # imagecorruptions._motion_blur: edge-replicated integer shifts
+            dy = math.ceil(i * math.sin(math.radians(angle)) - 0.5)
+            dx = math.ceil(i * math.cos(math.radians(angle)) - 0.5)
+            rows = np.clip(np.arange(30) + dy, 0, 29)
+            cols = np.clip(np.arange(34) + dx, 0, 33)
+            reference += weights[i] * image[rows][:, cols]
+        kernels = ops.motion_kernels(radius, sigma, torch.tensor([angle]))
+        ours = ops.filter2d(torch.from_numpy(image)[None, None], kernels, mode="replicate")[0, 0].numpy()
+        assert np.abs(ours - reference).max() < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = textured(2, 64)
+    for name in CORRUPTIONS:
+        for severity in (1, 5):
+            cpu = corrupt(x, name, severity, seed=4)
+            gpu = corrupt(x.cuda(), name, severity, seed=4)
+            assert gpu.device.type == "cuda"
+            difference = (gpu.cpu() - cpu).abs()
+            # Same random draws; float rounding may flip a rare threshold (snow flakes, frost seeds).
+            assert difference.mean() < 1e-3 and (difference > 1e-3).float().mean() < 2e-3, (name, severity)
+
+
+# ----- grid and command --------------------------------------------------------------------------
+
+def test_corruption_grid_writes_png(tmp_path):
+    from PIL import Image
+
+    path = corruption_grid(textured(1, 32)[0], tmp_path / "sub" / "grid.png", seed=1)
+    assert path == str(tmp_path / "sub" / "grid.png")
+    with Image.open(path) as png:
+        assert png.format == "PNG" and png.size[1] > png.size[0] > 0
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        corruption_grid(torch.rand(1, 3, 8, 8), tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="valid names"):
+        corruption_grid(torch.rand(3, 8, 8), tmp_path / "bad.png", names=["fog", "rain"])
+
+
+def test_show_corruptions_command(tmp_path, capsys):
+    from PIL import Image
+
+    from streams import corruptions_cli
+
+    source = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)).save(source)
+    parser = argparse.ArgumentParser()
+    corruptions_cli.add_arguments(parser)
+    out = tmp_path / "grid.png"
+    args = parser.parse_args(["--image", str(source), "--size", "24", "--out", str(out),
+                              "--corruptions", "fog,pixelate"])
+    assert corruptions_cli.main(args) == 0
+    assert out.exists() and str(out) in capsys.readouterr().out
+    bad = parser.parse_args(["--image", str(tmp_path / "missing.png"), "--out", str(out)])
+    assert corruptions_cli.main(bad) == 2
+    assert "show-corruptions:" in capsys.readouterr().err
+    unknown = parser.parse_args(["--size", "16", "--out", str(out), "--corruptions", "rain"])
+    assert corruptions_cli.main(unknown) == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--image", "a.png", "--fashion-index", "1"])
+    pattern = corruptions_cli.pattern_image(20)
+    assert pattern.shape == (3, 20, 20) and 0 <= pattern.min() and pattern.max() <= 1
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"),
+                    reason="Fashion-MNIST not installed")
+def test_fashion_image_reader():
+    from streams import corruptions_cli
+
+    image = corruptions_cli.read_idx_image(corruptions_cli.FASHION_TEST_IMAGES, 9999)
+    assert image.shape == (28, 28) and image.dtype == np.uint8 and image.max() > 0
+    with pytest.raises(ValueError, match="0..9999"):
+        corruptions_cli.read_idx_image(corruptions_cli.FASHION_TEST_IMAGES, 10000)
