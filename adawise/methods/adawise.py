@@ -1,0 +1,596 @@
+"""AdaWiSE: choose the WiSE-FT coefficient α per test batch by Bayesian optimisation of a label-free
+objective, with one live interpolated model updated in place.
+
+Provenance: Döbler et al., "AdaWiSE", ECCV Workshops 2024 (only the abstract is public; everything it
+does not say is this project's reconstruction, see METHODS.md); θ(α) = (1 − α)·θ_zs + α·θ_ft is
+WiSE-FT (Wortsman et al., CVPR 2022); objectives: entropy (the paper's), infomax (SHOT, Liang et al.
+2020; TIM, Boudiaf et al. 2020), anchored (this project). The 1-D search is :class:`BayesOpt1D`.
+
+Online contract: ``forward(images)`` searches α on the batch itself (label-free) and returns the
+logits of the evaluated α with the lowest objective, always from a full-batch pass at that α; the
+search state (current α, GP observations and hyperparameters, drift statistics) carries over from
+batch to batch; ``observe`` does nothing more; ``reset()`` restores the exact initial state.
+
+Two presets share one code path and differ only in options (:data:`PRESETS`):
+
+- ``faithful``, a straightforward reading of the paper: a cold BO on every batch (initial design
+  {0, 0.5, 1}, then LogEI proposals up to 10 full-batch evaluations, GP hyperparameters refitted
+  before every proposal, BoTorch's own posterior). About 10 passes and 7 GP fits per batch.
+- ``fast`` (default): the centre α (the last confirmed choice) is evaluated on the full batch first;
+  that pass is the prediction unless something better turns up. Every second batch one BO proposal
+  (LogEI and UCB in turn: exploit, then explore) is probed on 16 evenly strided rows and compared
+  with the centre on the same rows (paired, so batch-to-batch noise cancels); only a probe that
+  wins by ``switch_margin`` costs a full pass, and the better of the two full passes is returned.
+  The GP keeps the recent batches' observations relative to the centre (weights decaying 0.7 per
+  batch, full-batch values weighing 1/fraction, noise estimated online from the GP's one-step
+  residuals); hyperparameters are refitted every 500 observations only; the posterior is computed
+  in closed form. The centre moves only when that pooled GP agrees, so one batch's noise does not
+  drag the next batches along. A cold search (the centre, {0, 1} and three LogEI proposals, on the
+  full batch) runs on the first batch, when the objective at the centre drifts (a domain change)
+  and after a probe moved the centre by 0.2 or more. About 1.2 passes per batch on a long stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adawise.bayesopt import BayesOpt1D
+from adawise.methods.base import Method
+from adawise.methods.registry import register
+from adawise.objectives import NEEDS_ANCHOR, OBJECTIVES, finite_objective
+from adawise.weights import WeightSpace
+
+__all__ = ["AdaWiSE", "AlphaEvaluator", "WeightSpaceMethod", "PRESETS"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The live model
+# --------------------------------------------------------------------------------------------------
+class AlphaEvaluator:
+    """One private copy of the model whose weights are θ(α), written in place; timed forward passes.
+
+    The copy is made once (from the fine-tuned module, put in eval mode, gradients off); a
+    :class:`~adawise.weights.WeightSpace` holds flat fp32 masters of both endpoints and lerps into
+    it, so changing α allocates nothing. The given modules are only read.
+
+    Args:
+        zeroshot, finetuned: the endpoints (same architecture).
+        device: where the live model runs (default: where ``finetuned``'s parameters are).
+        amp_dtype: if set (e.g. ``torch.bfloat16``), forward passes run under ``torch.autocast``.
+    """
+
+    def __init__(
+        self,
+        zeroshot: nn.Module,
+        finetuned: nn.Module,
+        device: torch.device | str | None = None,
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
+        self._endpoints = (zeroshot, finetuned)
+        self.amp_dtype = amp_dtype
+        first = next(iter(finetuned.parameters()), None)
+        self._build(torch.device(device) if device is not None else (first.device if first is not None
+                                                                      else torch.device("cpu")), None)
+        self.reset_counters()
+
+    def _build(self, device: torch.device, dtype: torch.dtype | None) -> None:
+        zeroshot, finetuned = self._endpoints
+        live = copy.deepcopy(finetuned).eval().requires_grad_(False)
+        live.to(device=device, dtype=dtype) if dtype is not None else live.to(device=device)
+        self.model = live
+        self.space = WeightSpace(live, zeroshot.state_dict(), finetuned.state_dict())
+        self.device = device
+        floating = [t for t in live.state_dict().values() if t.is_floating_point()]
+        self.dtype = floating[0].dtype if floating else torch.float32
+
+    def move(self, fn: Any) -> None:
+        """Apply an ``nn.Module._apply`` conversion (``.to``, ``.cuda``, ``.half``) by rebuilding."""
+        probe = fn(torch.zeros((), device=self.device, dtype=self.dtype))
+        if probe.device != self.device or probe.dtype != self.dtype:
+            self._build(probe.device, probe.dtype if probe.dtype != self.dtype else None)
+
+    def reset_counters(self) -> None:
+        """Zero the per-batch counters (passes, merges, seconds)."""
+        self.passes, self.merges = 0.0, 0
+        self.seconds_forward = self.seconds_merge = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def prepare_input(self, images: Any) -> Any:
+        """Move a tensor batch to the live model's device (other inputs pass through)."""
+        if torch.is_tensor(images) and images.device != self.device:
+            return images.to(self.device, non_blocking=True)
+        return images
+
+    @torch.no_grad()
+    def logits(self, alpha: float, images: Any, fraction: float = 1.0) -> Tensor:
+        """Forward ``images`` through θ(α); counts ``fraction`` of a pass (sub-batches count less)."""
+        if self.space.alpha != alpha:
+            t = time.perf_counter()
+            self.space.set_alpha(alpha)
+            self._sync()
+            self.seconds_merge += time.perf_counter() - t
+            self.merges += 1
+        t = time.perf_counter()
+        ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+               else contextlib.nullcontext())
+        with ctx:
+            out = self.model(images)
+        self._sync()
+        self.seconds_forward += time.perf_counter() - t
+        self.passes += fraction
+        return out
+
+
+class WeightSpaceMethod(Method):
+    """Base of the methods that run θ(α) through one :class:`AlphaEvaluator` (not a submodule, so
+    ``.train()``/``state_dict()`` never touch it; ``.to()``/``.cuda()`` rebuild it on the target)."""
+
+    def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, device: Any = None,
+                 amp_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.evaluator = AlphaEvaluator(zeroshot, finetuned, device=device, amp_dtype=amp_dtype)
+        # an empty buffer on the live model's device, so callers (run_stream) can see where it runs
+        self.register_buffer("_device_tag", torch.empty(0, device=self.evaluator.device), persistent=False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> WeightSpaceMethod:  # type: ignore[override]
+        super()._apply(fn, recurse)
+        self.evaluator.move(fn)
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------------
+_COMMON: dict[str, Any] = {
+    "init_alpha": 0.5,
+    "grid_size": 201,
+    "acquisition": "logei",
+    "acq_optimizer": "grid",
+    "probe_every": 2,
+    "ucb_beta": 9.0,
+    "min_distance": 0.01,
+    "fit_maxiter": None,
+    "window": 8,
+    "search_every": None,
+    "search_on_domain": False,
+    "min_fit_points": 3,
+    "noise": "fit",
+}
+
+#: option values of the two presets; any option passed to :class:`AdaWiSE` overrides its preset
+PRESETS: dict[str, dict[str, Any]] = {
+    "faithful": {
+        **_COMMON,
+        "track": False, "init_design": (0.0, 0.5, 1.0), "search_evals": 10, "search_on": "full",
+        "sub_batch": None,
+        "probe_evals": 0, "probe_acquisitions": ("logei",), "probe_min_ei": 0.0, "switch_margin": 0.0,
+        "drift_z": None, "drift_min_rel": 0.05, "drift_beta": 0.2, "drift_warmup": 3, "search_on_jump": None,
+        "memory": "none", "decay": 0.8, "refit": "every", "posterior": "botorch", "incumbent": "observed",
+    },
+    "fast": {
+        **_COMMON,
+        "track": True, "init_design": (0.0, 1.0), "search_evals": 6, "search_on": "full",
+        "sub_batch": 16,
+        "probe_evals": 1, "probe_acquisitions": ("logei", "ucb"), "probe_min_ei": 0.0, "switch_margin": 2e-3,
+        "drift_z": 4.0, "drift_min_rel": 0.05, "drift_beta": 0.2, "drift_warmup": 3, "search_on_jump": 0.2,
+        "memory": "decay", "decay": 0.7, "refit": 500, "posterior": "closed_form", "incumbent": "model",
+        "noise": "online",
+    },
+}
+
+
+@dataclass
+class _State:
+    """Everything that carries over from batch to batch (restored by ``reset``)."""
+
+    alpha: float  # returned by the last call
+    center: float  # the α evaluated first on the next batch (fast), moved only with the GP's consent
+    batches: int = 0
+    since_search: int = 0
+    since_probe: int = 0
+    probes: int = 0
+    pending: str | None = None
+    drift_mu: float = 0.0
+    drift_var: float = 0.0
+    drift_n: int = 0
+    info: dict[str, Any] = field(default_factory=lambda: {"forward_passes": 0.0})
+
+
+@dataclass
+class _Batch:
+    """Evaluations made on the current batch: full-batch passes and sub-batch (probe) passes."""
+
+    images: Any
+    sub_images: Any  # ``images`` itself when the batch is not larger than the sub-batch
+    fraction: float  # of a sub-batch pass
+    anchor: Tensor | None = None
+    full: dict[float, tuple[Tensor, float]] = field(default_factory=dict)  # α -> (logits, objective)
+    sub: dict[float, float] = field(default_factory=dict)  # α -> objective on the sub-batch rows
+    log: list[tuple[float, float, float]] = field(default_factory=list)  # (α, objective, fraction)
+    dropped: int = 0
+    nonfinite: bool = False
+
+    @property
+    def split(self) -> bool:
+        """Whether the sub-batch is a strict subset of the batch."""
+        return self.sub_images is not self.images
+
+
+def _key(alpha: float) -> float:
+    return round(float(alpha), 6)
+
+
+@register("adawise")
+class AdaWiSE(WeightSpaceMethod):
+    """Test-time weight-space ensemble: per batch, BO over α of a label-free objective.
+
+    ``engine = AdaWiSE(zs, ft); logits = engine(images)`` predicts the batch at the α the search
+    chose on it (then the state carries over); ``engine.alpha``, ``engine.info``, ``engine.reset()``.
+
+    Options (keyword-only; each overrides the preset's value, see :data:`PRESETS`):
+        preset: ``"fast"`` (default) or ``"faithful"`` (module docstring).
+        objective: ``"entropy"`` (default, the paper's), ``"infomax"`` or ``"anchored"``
+            (:mod:`adawise.objectives`). ``anchored`` costs one full pass at α = 0 per batch
+            (reused when α = 0 is evaluated on the full batch anyway).
+        init_alpha: α in force before the first batch (0.5).
+        track: evaluate the centre α on the full batch first and search warm (fast), or run a cold
+            search on every batch (faithful).
+        init_design: αs evaluated at the start of a cold search (besides αs already evaluated).
+        search_evals: αs known on the search rows when a cold search stops, reused ones included
+            (faithful 10; fast 6 = centre + {0, 1} + 3 proposals).
+        search_on: rows of a cold search, ``"full"`` or ``"sub"`` (the sub-batch, then the winner
+            confirmed on the full batch).
+        sub_batch: rows of a probe (evenly strided through the batch; a pass on them counts
+            ``sub_batch / B`` in ``forward_passes``); ``None`` or a batch no larger: the full batch.
+        probe_every: probe on every N-th warm batch (fast 2; the others cost one pass).
+        probe_evals: BO proposals probed on a probing batch (fast 1).
+        probe_acquisitions: acquisitions the probes take in turn (fast: ``("logei", "ucb")``).
+        probe_min_ei: skip a probe when the GP's expected improvement is below this fraction of
+            the objective at the centre (0: never skip).
+        switch_margin: a probe must beat the centre on the sub rows by this fraction of its
+            objective before a full pass at the probe is spent.
+        drift_z, drift_min_rel, drift_beta, drift_warmup: drift detector on the full-batch objective
+            at the centre (exponentially weighted mean/variance with weight ``drift_beta``): a cold
+            search runs when it moves more than ``drift_z`` standard deviations, the deviation
+            floored at ``drift_min_rel`` of the mean, after ``drift_warmup`` batches; ``None``
+            disables it.
+        search_on_jump: run a cold search on the next batch when a probe moved the centre by at
+            least this much (the landscape moved although the objective's level did not; None: never).
+        search_every: also run a cold search (memory kept) every N batches (None: never).
+        search_on_domain: run a cold search at each ``on_domain`` call (uses the loop's domain
+            boundary signal; off by default so the method needs no boundaries).
+        memory, window, decay: which earlier batches' observations the GP keeps (``"none"``,
+            ``"window"``, ``"decay"``); fast keeps them relative to the centre.
+        refit, min_fit_points, fit_maxiter: GP hyperparameter refit policy (``"every"``,
+            ``"never"`` or every N observations) and its limits.
+        noise: GP observation noise ``"fit"`` (hyperparameter) or ``"online"`` (residual estimate).
+        posterior: ``"botorch"`` or ``"closed_form"`` (same GP, about 15x less overhead).
+        grid_size, acquisition, ucb_beta, incumbent, acq_optimizer, min_distance: :class:`BayesOpt1D`.
+        seed: seed of the optimizer's private generator (runs never read the global RNG).
+        device: where the live model runs (default: ``finetuned``'s device).
+        amp_dtype: autocast dtype of the forward passes (e.g. ``torch.bfloat16`` on CUDA).
+
+    ``info`` after a call: ``alpha``, ``center``, ``objective`` (full batch, at ``alpha``),
+    ``alphas``, ``objectives`` and ``fractions`` (one entry per forward pass, in order; 1.0 = full
+    batch), ``forward_passes``, ``merges``, ``seconds`` = ``seconds_forward`` + ``seconds_merge`` +
+    ``seconds_bo`` (all the rest: objectives, GP, bookkeeping), ``mode`` (``search``, ``probe``,
+    ``track`` or ``skip``), ``reason`` of a search (``first``, ``drift``, ``jump``, ``domain``,
+    ``periodic``, ``cold``), ``switched``, ``nonfinite``, ``dropped_rows``, ``gp_fits``, ``fit_failures``.
+    """
+
+    adapts = True
+
+    def __init__(
+        self,
+        zeroshot: nn.Module,
+        finetuned: nn.Module,
+        *,
+        preset: str = "fast",
+        objective: str = "entropy",
+        seed: int = 0,
+        device: Any = None,
+        amp_dtype: torch.dtype | None = None,
+        **overrides: Any,
+    ) -> None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+        unknown = sorted(set(overrides) - set(PRESETS[preset]))
+        if unknown:
+            raise TypeError(f"AdaWiSE got unknown options {unknown}; known: {', '.join(sorted(PRESETS[preset]))}")
+        super().__init__(zeroshot, finetuned, device=device, amp_dtype=amp_dtype)
+        opts = dict(PRESETS[preset])
+        opts.update(overrides)
+        if not 0.0 <= float(opts["init_alpha"]) <= 1.0:
+            raise ValueError(f"init_alpha must be in [0, 1], got {opts['init_alpha']}")
+        if int(opts["search_evals"]) < 1:
+            raise ValueError("search_evals must be >= 1")
+        self.preset, self.objective, self.seed = preset, objective, int(seed)
+        self.opts = opts
+        self.bo = BayesOpt1D(
+            grid_size=opts["grid_size"], acquisition=opts["acquisition"], ucb_beta=opts["ucb_beta"],
+            incumbent=opts["incumbent"],
+            acq_optimizer=opts["acq_optimizer"], posterior=opts["posterior"], refit=opts["refit"],
+            fit_maxiter=opts["fit_maxiter"], min_distance=opts["min_distance"], memory=opts["memory"],
+            window=opts["window"], decay=opts["decay"], min_fit_points=opts["min_fit_points"],
+            noise=opts["noise"], seed=self.seed,
+        )
+        self._initial = _State(alpha=float(opts["init_alpha"]), center=float(opts["init_alpha"]))
+        self._s = copy.deepcopy(self._initial)
+
+    # ------------------------------------------------------------------ Method API
+    @property
+    def alpha(self) -> float:
+        """The α whose logits the last call returned (``init_alpha`` before the first call)."""
+        return self._s.alpha
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self._s.info
+
+    def options(self) -> dict[str, Any]:
+        out = {"preset": self.preset, "objective": self.objective, "seed": self.seed,
+               "amp_dtype": str(self.evaluator.amp_dtype) if self.evaluator.amp_dtype else None}
+        out.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.opts.items()})
+        return out
+
+    def reset(self) -> None:
+        """Restore the exact initial state: α, BO history and hyperparameters, RNG, drift statistics."""
+        self._s = copy.deepcopy(self._initial)
+        self.bo.reset()
+
+    def on_domain(self, domain: str) -> None:
+        if self.opts["search_on_domain"] and self._s.batches > 0:
+            self._s.pending = "domain"
+
+    # ------------------------------------------------------------------ evaluation helpers
+    def _objective(self, b: _Batch, logits: Tensor, anchor: Tensor | None, count: bool) -> float:
+        value, dropped = finite_objective(self.objective, logits, anchor)
+        if count:
+            b.dropped = max(b.dropped, dropped)
+        b.nonfinite |= dropped > 0 or not math.isfinite(value)
+        return value
+
+    def _sub(self, t: Any) -> Any:
+        return t[:: self._step][: self._m]
+
+    def _full(self, b: _Batch, alpha: float) -> tuple[Tensor, float]:
+        """Full-batch logits and objective at α (a pass unless already made on this batch)."""
+        k = _key(alpha)
+        if k not in b.full:
+            logits = self.evaluator.logits(k, b.images)
+            if b.anchor is None and self.objective in NEEDS_ANCHOR:
+                b.anchor = logits  # forward() asks for α = 0 first
+            value = self._objective(b, logits, b.anchor, count=True)
+            b.full[k] = (logits, value)
+            b.log.append((k, value, 1.0))
+        return b.full[k]
+
+    def _known(self, b: _Batch, on: str) -> dict[float, float]:
+        """Objective values known on the ``full`` batch or on the ``sub`` rows (a full pass gives
+        its sub rows' value for free; it is computed when first asked for)."""
+        if on == "sub" and b.split:
+            for k, (logits, _) in b.full.items():
+                if k not in b.sub:
+                    anchor = None if b.anchor is None else self._sub(b.anchor)
+                    b.sub[k] = self._objective(b, self._sub(logits), anchor, count=False)
+            return b.sub
+        return {k: v for k, (_, v) in b.full.items()}
+
+    def _value(self, b: _Batch, alpha: float, on: str) -> float:
+        """Objective at α on the ``full`` batch or the ``sub`` rows (a pass unless already known)."""
+        k = _key(alpha)
+        if on == "full" or not b.split:
+            return self._full(b, k)[1]
+        if k not in self._known(b, "sub"):
+            logits = self.evaluator.logits(k, b.sub_images, b.fraction)
+            anchor = None if b.anchor is None else self._sub(b.anchor)
+            b.sub[k] = self._objective(b, logits, anchor, count=False)
+            b.log.append((k, b.sub[k], b.fraction))
+        return b.sub[k]
+
+    # ------------------------------------------------------------------ the search
+    def _observe(self, b: _Batch, k: float, y: float, on: str, predicted: Any = None) -> None:
+        """Tell the GP y at α; a full-batch value of a split batch weighs ``1 / fraction`` sub values.
+        The centre's own value (0 by construction) does not teach the noise estimate."""
+        self.bo.observe(k, y, weight=1.0 / b.fraction if (on == "full" and b.split) else 1.0,
+                        learn_noise=k != _key(self._s.center), predicted=predicted)
+
+    def _observe_known(self, b: _Batch, on: str, ref: float) -> None:
+        have = {_key(x) for x, _ in self.bo.current()}
+        for k, v in self._known(b, on).items():
+            if k not in have:
+                self._observe(b, k, v - ref, on)
+
+    def _cold_search(self, b: _Batch, on: str, ref: float, clear: bool) -> None:
+        """Initial design, then BO proposals, until ``search_evals`` αs are known on the rows."""
+        if clear:
+            self.bo.clear()
+        self._observe_known(b, on, ref)
+        budget = int(self.opts["search_evals"])
+        for a in self.opts["init_design"]:
+            if len(self._known(b, on)) >= budget:
+                break
+            if _key(a) not in self._known(b, on):
+                self._observe(b, _key(a), self._value(b, a, on) - ref, on)
+        if not any(math.isfinite(v) for v in self._known(b, on).values()):
+            return  # nothing is finite on this batch: searching further cannot help
+        while len(self._known(b, on)) < budget:
+            s = self.bo.suggest()
+            if s is None:
+                break
+            self._observe(b, _key(s.x), self._value(b, s.x, on) - ref, on, predicted=s)
+
+    def _probe(self, b: _Batch, ref: float) -> None:
+        """Probe BO-proposed αs on the sub-batch rows, unless the GP expects too little from them."""
+        self._observe_known(b, "sub", ref)
+        floor = float(self.opts["probe_min_ei"]) * max(abs(ref), 1e-8)
+        cycle = self.opts["probe_acquisitions"]
+        for _ in range(int(self.opts["probe_evals"])):
+            acquisition = cycle[self._s.probes % len(cycle)]
+            self._s.probes += 1
+            s = self.bo.suggest(acquisition=acquisition)
+            if s is None or s.ei < floor:
+                break
+            self._observe(b, _key(s.x), self._value(b, s.x, "sub") - ref, "sub", predicted=s)
+
+    def _select(self, b: _Batch, current: float, on: str, margin: float | None) -> float:
+        """The α to predict with: the best on the rows searched, confirmed on the full batch.
+
+        ``margin`` (probe mode): the relative improvement on the sub rows a challenger needs before a
+        full pass at it is spent; ``None``: always confirm. Ties stay close to the current α.
+        """
+        cur = _key(current)
+        rows = {k: v for k, v in self._known(b, on).items() if math.isfinite(v)}
+        if not rows:
+            return current
+        winner = min(rows, key=lambda k: (rows[k], abs(k - cur)))
+        if winner not in b.full:
+            if margin is not None and cur in rows and not rows[winner] < rows[cur] - margin * abs(rows[cur]):
+                return current
+            self._full(b, winner)
+        full = {k: v for k, v in self._known(b, "full").items() if math.isfinite(v)}
+        if not full:
+            return current
+        return min(full, key=lambda k: (full[k], abs(k - cur)))
+
+    # ------------------------------------------------------------------ drift
+    def _drifted(self, g: float) -> bool:
+        s, z = self._s, self.opts["drift_z"]
+        if z is None or s.drift_n < int(self.opts["drift_warmup"]):
+            return False
+        sd = max(math.sqrt(s.drift_var), float(self.opts["drift_min_rel"]) * abs(s.drift_mu), 1e-8)
+        return abs(g - s.drift_mu) > float(z) * sd
+
+    def _update_drift(self, g: float, restart: bool, paired_shift: float) -> None:
+        s, beta = self._s, float(self.opts["drift_beta"])
+        if not math.isfinite(g):
+            return
+        if restart or s.drift_n == 0:
+            s.drift_mu, s.drift_var, s.drift_n = g, 0.0, 1
+            return
+        s.drift_mu += paired_shift
+        delta = g - s.drift_mu
+        s.drift_mu += beta * delta
+        s.drift_var = (1.0 - beta) * (s.drift_var + beta * delta * delta)
+        s.drift_n += 1
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Any) -> Tensor:
+        t0 = time.perf_counter()
+        ev, s, o = self.evaluator, self._s, self.opts
+        ev.reset_counters()
+        images = ev.prepare_input(images)
+        n, m = len(images), o["sub_batch"]
+        if m is None or not torch.is_tensor(images) or n <= int(m):
+            self._step, self._m = 1, n
+            b = _Batch(images, images, 1.0)
+        else:
+            self._step, self._m = n // int(m), int(m)
+            b = _Batch(images, self._sub(images), int(m) / n)
+        current = s.center
+        if self.objective in NEEDS_ANCHOR:
+            self._full(b, 0.0)  # the anchor: the zero-shot prediction on the same batch
+
+        reason = s.pending or ("first" if s.batches == 0 else None)
+        if reason is None and o["search_every"] and s.since_search + 1 >= int(o["search_every"]):
+            reason = "periodic"
+        search_on = o["search_on"]
+        g_cur = math.nan
+        if o["track"]:
+            g_cur = self._full(b, current)[1]
+            if reason is None and math.isfinite(g_cur) and self._drifted(g_cur):
+                reason = "drift"
+        elif reason is None:
+            reason = "cold"
+        on = search_on if reason else "sub"
+        ref = self._known(b, on)[_key(current)] if o["track"] else 0.0
+        if not math.isfinite(ref):
+            mode = "skip"  # nothing comparable on this batch: keep α, leave the search state alone
+            final = current
+        elif reason:
+            mode = "search"
+            self._cold_search(b, on, ref, clear=reason != "periodic")
+            final = self._select(b, current, on, None)
+        else:
+            s.since_probe += 1
+            mode = "probe" if s.since_probe >= int(o["probe_every"]) else "track"
+            if mode == "probe":
+                s.since_probe = 0
+                self._probe(b, ref)
+            final = self._select(b, current, "sub", float(o["switch_margin"]))
+        logits, g_final = self._full(b, final)  # reused: the search already made this pass
+
+        center = current
+        if mode == "search":
+            center = final
+        elif mode == "probe" and _key(final) != _key(current):
+            # the batch's winner predicts this batch; the centre moves only if the GP, which pools the
+            # recent batches, agrees (one batch's noise must not drag the next batches along)
+            self._observe(b, _key(final), g_final - g_cur, "full")
+            means = self.bo.posterior_mean([current, final])
+            center = final if means is None or means[1] < means[0] else current
+        if mode != "skip":
+            g_center = b.full[_key(center)][1]
+            if o["track"] and _key(center) != _key(current):
+                means = self.bo.posterior_mean([current, center])  # re-express the GP data vs the centre
+                self.bo.shift(means[1] - means[0] if means is not None else g_center - g_cur)
+            restart = mode == "search" and reason != "periodic"
+            self._update_drift(g_center, restart, g_center - g_cur if math.isfinite(g_cur) else 0.0)
+            s.since_search = 0 if mode == "search" else s.since_search + 1
+        self.bo.next_batch()
+        s.alpha, s.center, s.pending, s.batches = float(final), float(center), None, s.batches + 1
+        jump = o["search_on_jump"]
+        if mode == "probe" and jump is not None and abs(center - current) >= float(jump):
+            s.pending = "jump"  # the landscape moved under a steady objective level: re-localise
+        seconds = time.perf_counter() - t0
+        s.info = {
+            "alpha": s.alpha,
+            "center": s.center,
+            "objective": g_final,
+            "alphas": [a for a, _, _ in b.log],
+            "objectives": [v for _, v, _ in b.log],
+            "fractions": [f for _, _, f in b.log],
+            "forward_passes": ev.passes,
+            "merges": ev.merges,
+            "seconds": seconds,
+            "seconds_forward": ev.seconds_forward,
+            "seconds_merge": ev.seconds_merge,
+            "seconds_bo": max(seconds - ev.seconds_forward - ev.seconds_merge, 0.0),
+            "mode": mode,
+            "reason": reason,
+            "switched": _key(final) != _key(current),
+            "nonfinite": b.nonfinite,
+            "dropped_rows": b.dropped,
+            "gp_fits": self.bo.n_fits,
+            "fit_failures": self.bo.fit_failures,
+        }
+        return logits
+
+
+def _variant(objective: str) -> Any:
+    def factory(zeroshot: nn.Module, finetuned: nn.Module, **options: Any) -> AdaWiSE:
+        if options.get("objective", objective) != objective:
+            raise ValueError(f"adawise-{objective} fixes objective={objective!r}; use 'adawise' to choose")
+        options["objective"] = objective
+        return AdaWiSE(zeroshot, finetuned, **options)
+
+    factory.__name__ = factory.__qualname__ = f"adawise_{objective}"
+    factory.__doc__ = f"AdaWiSE with the ``{objective}`` objective (same options as :class:`AdaWiSE`)."
+    return factory
+
+
+register("adawise-infomax")(_variant("infomax"))
+register("adawise-anchored")(_variant("anchored"))
