@@ -429,6 +429,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from adawise.models.checkpoints import UntrustedPickleError
+    from adawise.weights import StateDictMismatchError
     from streams import imagenet_r, schedules
 
     args = apply_config(args)
@@ -463,6 +465,8 @@ def _main(args: argparse.Namespace) -> int:
                              trust_pickle=args.trust_pickle, head_cache_dir=head_cache, seed=args.seed)
     except FileNotFoundError as err:
         raise UsageError(f"{err}\n" + missing_inputs_message(args.stream, ["--pretrained", "--finetuned"])) from None
+    except (UntrustedPickleError, StateDictMismatchError) as err:  # the message says what to pass
+        raise UsageError(str(err)) from None
     config = {k: v for k, v in record.items() if k not in _RUN_ONLY}
     config["spec_hash"] = spec.config_hash()
     id_domain = schedules.CLEAN if schedules.CLEAN in stream.domains else None

@@ -5,7 +5,10 @@ For each batch of a stream, in order:
 1. at a domain change: ``method.reset()`` if the setting is ``reset_each_shift``, then
    ``method.on_domain(domain)``;
 2. ``logits = method(images)``: the prediction, made once and final;
-3. the prediction is scored against the labels (the method never sees them);
+3. the prediction is scored against the labels (the method never sees them); a row without a defined
+   prediction (a NaN logit) counts as wrong and the record says how many there were
+   (``nonfinite_rows``); labels outside the method's classes, or a class count other than the
+   stream's ``num_classes``, are an error naming both numbers, never a silently wrong accuracy;
 4. ``method.observe(images, logits)``: the method may now update its state;
 5. one JSON line is written and flushed.
 
@@ -37,7 +40,9 @@ __all__ = ["run_stream", "StreamResult", "SETTINGS"]
 
 log = logging.getLogger(__name__)
 SETTINGS = ("continual", "reset_each_shift")
-_RESERVED = {"type", "method", "domain", "batch", "n", "correct", "accuracy", "entropy", "alpha", "seconds"}
+_RESERVED = {"type", "method", "domain", "batch", "n", "correct", "accuracy", "entropy", "alpha", "seconds",
+             "nonfinite_rows"}
+_STREAM_RESULTS = {"skipped"}  # keys of Stream.describe() that change when the stream is iterated
 
 
 @dataclass
@@ -84,7 +89,10 @@ def _header(method: Method, stream: Stream, setting: str, seed: int, config: dic
         "stream": stream.describe(),
         "config": config or {},
     }
-    config_hash = hashlib.sha256(json.dumps(to_jsonable(body), sort_keys=True).encode()).hexdigest()[:12]
+    # what a stream reports after an iteration (files it skipped) is a result, not configuration: left
+    # out of the hash, so that resuming in a fresh process (where no iteration happened yet) still matches
+    hashed = {**body, "stream": {k: v for k, v in body["stream"].items() if k not in _STREAM_RESULTS}}
+    config_hash = hashlib.sha256(json.dumps(to_jsonable(hashed), sort_keys=True).encode()).hexdigest()[:12]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {
         "type": "header",
@@ -99,12 +107,32 @@ def _header(method: Method, stream: Stream, setting: str, seed: int, config: dic
     }
 
 
-def _score(logits: Tensor, labels: Tensor) -> tuple[int, float | None]:
-    """Number correct and mean prediction entropy (``None`` if not finite)."""
-    preds = logits.argmax(dim=-1).cpu()
-    correct = int((preds == labels.cpu()).sum())
+def _check_classes(logits: Tensor, batch: Batch, num_classes: int | None) -> None:
+    """Refuse logits and labels that cannot belong together, naming both sizes (never a silent 0 %)."""
+    where = f"batch {batch.index} (domain {batch.domain!r})"
+    labels = batch.labels
+    if logits.ndim != 2 or logits.shape[0] != len(labels):
+        raise ValueError(f"{where}: the method returned logits of shape {tuple(logits.shape)} for {len(labels)} "
+                         "labels; a method must return [B, C] logits, one row per image")
+    classes = logits.shape[-1]
+    if num_classes is not None and classes != num_classes:
+        raise ValueError(f"{where}: the method predicts {classes} classes but the stream has {num_classes}; "
+                         "build the classifier for the stream's label space (class names, or a class mask such "
+                         "as streams.imagenet_r.IMAGENET_R_MASK for 1000 -> 200)")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(f"{where}: labels range from {int(labels.min())} to {int(labels.max())} but the method "
+                         f"predicts {classes} classes; the stream's labels and the model's head must share one "
+                         "label space (same class names in the same order)")
+
+
+def _score(logits: Tensor, labels: Tensor) -> tuple[int, float | None, int]:
+    """Number correct, mean prediction entropy (``None`` if not finite) and the number of rows without a
+    defined prediction (a NaN logit, or every logit −inf), which are scored as wrong."""
+    undefined = logits.isnan().any(-1) | (logits == float("-inf")).all(-1)
+    preds = logits.argmax(dim=-1)
+    correct = int(((preds.cpu() == labels.cpu()) & ~undefined.cpu()).sum())
     ent = float(entropy(logits).mean())
-    return correct, (ent if ent == ent and abs(ent) != float("inf") else None)
+    return correct, (ent if ent == ent and abs(ent) != float("inf") else None), int(undefined.sum())
 
 
 def _step(method: Method, batch: Batch, device: torch.device, state: dict[str, Any], setting: str) -> Tensor:
@@ -126,6 +154,8 @@ def _load_resume(path: Path, header: dict[str, Any]) -> list[dict[str, Any]] | N
     if not path.is_file():
         return None
     records = read_jsonl(path, repair=True)
+    if not records:  # killed before its header was complete: nothing to keep, start afresh
+        return None
     old = next((r for r in records if r.get("type") == "header"), None)
     if old is None:
         raise ValueError(f"cannot resume {path}: it has no header line; delete it or pass another log path")
@@ -196,7 +226,8 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
                 continue
             t0 = time.perf_counter()
             logits = _step(method, batch, device, state, setting)
-            correct, ent = _score(logits, batch.labels)  # scored before the method may update
+            _check_classes(logits, batch, getattr(stream, "num_classes", None))
+            correct, ent, undefined = _score(logits, batch.labels)  # scored before the method may update
             alpha = method.alpha
             with torch.no_grad():
                 method.observe(state["images"], logits)
@@ -206,7 +237,8 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
             record = {
                 "type": "batch", "method": method.name, "domain": batch.domain, "batch": batch.index,
                 "n": len(batch.labels), "correct": correct, "accuracy": correct / max(len(batch.labels), 1),
-                "entropy": ent, "alpha": alpha, "seconds": time.perf_counter() - t0, **info,
+                "entropy": ent, "alpha": alpha, "seconds": time.perf_counter() - t0, "nonfinite_rows": undefined,
+                **info,
             }
             record.setdefault("forward_passes", 1.0)
             records.append(to_jsonable(record))

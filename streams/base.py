@@ -3,6 +3,12 @@
 A stream is an iterable of :class:`Batch` (images in [0, 1], labels, domain name, running index).
 Normalisation belongs to the models, never to the stream. A frozen :class:`StreamSpec` plus its seed
 describes a stream completely, so every method iterates the identical sequence.
+
+Input validation lives where images are made and where they are consumed, not in the methods: a stream
+yields one tensor per batch (folder streams decode, convert to RGB and centre-crop every file to one size,
+skipping unreadable files; :class:`TensorStream` refuses anything but one tensor, e.g. a list of images of
+mixed sizes), and the model checks what it is given (``CLIPClassifier`` wants ``[B, 3, H, W]`` floats and
+resizes any one size to its resolution). Methods pass on whatever their wrapped models accept.
 """
 
 from __future__ import annotations
@@ -73,6 +79,9 @@ class Stream(abc.ABC):
     """An iterable of :class:`Batch`. Iterating twice yields the identical sequence."""
 
     spec: StreamSpec | None = None
+    #: size of the label space when the source knows it (e.g. 200 for ImageNet-R); ``run_stream`` then
+    #: refuses a method whose logits have another number of classes
+    num_classes: int | None = None
 
     def __init__(self) -> None:
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of inputs that could not be read
@@ -106,6 +115,12 @@ class TensorStream(Stream):
     def __init__(self, images: Tensor, labels: Tensor, domain: str, batch_size: int,
                  spec: StreamSpec | None = None) -> None:
         super().__init__()
+        if not isinstance(images, Tensor):
+            sizes = sorted({tuple(x.shape) for x in images if isinstance(x, Tensor)})[:4] if isinstance(
+                images, (list, tuple)) else []
+            raise TypeError(f"images must be one tensor [N, ...] (e.g. [N, 3, H, W] in [0, 1]), got "
+                            f"{type(images).__name__}" + (f" of tensors shaped {sizes}" if sizes else "")
+                            + "; resize or centre-crop images of different sizes to one size, then torch.stack")
         if len(images) != len(labels):
             raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length")
         if batch_size < 1:
@@ -137,6 +152,12 @@ class ConcatStream(Stream):
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
+
+    @property
+    def num_classes(self) -> int | None:  # type: ignore[override]
+        """The parts' label-space size when they all know and agree on it, else ``None``."""
+        sizes = {getattr(p, "num_classes", None) for p in self.parts}
+        return sizes.pop() if len(sizes) == 1 else None
 
     @property
     def domains(self) -> list[str]:

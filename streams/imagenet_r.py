@@ -266,6 +266,8 @@ class _PlannedBatch:
 class ImageNetRStream(Stream):
     """ImageNet-R as a :class:`~streams.base.Stream`; see :func:`imagenet_r_stream` for the orders."""
 
+    num_classes = len(IMAGENET_R_WNIDS)  # 200: a 1000-way head needs IMAGENET_R_MASK
+
     def __init__(self, root: str | os.PathLike[str], order: str = "rendition", batch_size: int = 64,
                  seed: int = 0, image_size: int = 224, num_workers: int | None = None,
                  renditions: Sequence[str] | None = None, limit_per_domain: int | None = None) -> None:

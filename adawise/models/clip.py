@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adawise.models.checkpoints import import_state_dict, load_checkpoint, save_state_dict, weights_hash
-from adawise.weights import check_compatible
+from adawise.weights import StateDictMismatchError, check_compatible
 
 __all__ = [
     "CLIPClassifier",
@@ -46,6 +46,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class CLIPClassifier(nn.Module):
     """Image tower + linear head; input [B, 3, H, W] floats in [0, 1], output [B, C] logits.
+
+    Inputs are validated here (methods pass images through unchecked): anything but a 4-D float tensor
+    with 1 or 3 channels is refused with a message saying what to pass (a list of images of mixed sizes
+    included); a batch of another size (square or not) is resized to ``image_size``.
 
     ``encode(images)`` returns L2-normalised image features (what VRF's kNN uses) and
     ``classify(features)`` applies the head and the optional class mask. The state dict holds only
@@ -85,7 +89,12 @@ class CLIPClassifier(nn.Module):
     def _prepare(self, images: Tensor) -> Tensor:
         if not isinstance(images, Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"expected images as a [B, 3, H, W] float tensor in [0, 1], got {shape}")
+            hint = ""
+            if isinstance(images, (list, tuple)):  # e.g. images of mixed sizes that were never stacked
+                hint = ("; to classify images of different sizes, resize or centre-crop each to one size and "
+                        "torch.stack them (a stacked batch of any size is resized to the model's "
+                        f"{self.image_size}x{self.image_size})")
+            raise ValueError(f"expected images as a [B, 3, H, W] float tensor in [0, 1], got {shape}{hint}")
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         if images.shape[1] != 3:
@@ -261,7 +270,17 @@ def load_finetuned(zeroshot: CLIPClassifier, path: str | os.PathLike, trust_pick
     """
     state = import_state_dict(load_checkpoint(path, trust_pickle=trust_pickle))
     reference = zeroshot.state_dict()
-    check_compatible(reference, state, names=(f"the {type(zeroshot.visual).__name__} classifier", str(path)))
+    try:
+        check_compatible(reference, state, names=(f"the {type(zeroshot.visual).__name__} classifier", str(path)))
+    except StateDictMismatchError as err:
+        head, theirs = reference.get("head.weight"), state.get("head.weight")
+        if head is None or theirs is None or theirs.ndim != 2 or theirs.shape[0] == head.shape[0]:
+            raise
+        raise StateDictMismatchError(  # the commonest case first: a head for another class list
+            f"{path}: its head has {theirs.shape[0]} classes but the zero-shot head was built from "
+            f"{head.shape[0]} class names; pass the class names the checkpoint was fine-tuned on, in its order "
+            f"(e.g. the 1000 ImageNet classes, with a class mask to project them onto the task's classes). {err}"
+        ) from None
     finetuned = copy.deepcopy(zeroshot)
     finetuned.load_state_dict(state)
     return finetuned.eval()
