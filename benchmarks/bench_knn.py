@@ -17,8 +17,6 @@ import json
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adawise.zsf import ZSFIndex  # noqa: E402
 
-
-def _time(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> list[float]:
-    """Wall milliseconds of ``fn`` per call (CUDA synchronised)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(1e3 * (time.perf_counter() - t0))
-    return times
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import environment  # noqa: E402
+from _timing import time_ms as _time  # noqa: E402
 
 
 def run(n: int, dim: int, batch: int, ks: list[int], devices: list[str], reps: int, warmup: int,
@@ -78,7 +64,8 @@ def run(n: int, dim: int, batch: int, ks: list[int], devices: list[str], reps: i
                       f"min {r['min_ms']:8.2f} ms  ({n} x {dim} index, batch {batch})", flush=True)
     env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or
            platform.machine(), "torch_threads": torch.get_num_threads(), "faiss": has_faiss,
-           "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+           "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           **{k: v for k, v in environment("cpu").items() if k in ("date", "command")}}
     return {"benchmark": "vrf_knn", "index_rows": n, "dim": dim, "batch": batch, "chunk_size": chunk,
             "distance": "squared L2", "env": env, "results": rows}
 

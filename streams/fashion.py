@@ -14,6 +14,7 @@ returned as uint8 ``[N, 28, 28]`` tensors; :func:`to_float` turns them into ``[N
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import zlib
@@ -120,14 +121,15 @@ def _canonical_order(order: str) -> str:
 
 def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "continual", per_domain: int = 2000,
                     batch_size: int = 64, seed: int = 0, data: str | os.PathLike | None = None,
-                    progress: bool = False) -> Stream:
+                    cache_dir: str | os.PathLike | None = None, progress: bool = False) -> Stream:
     """The embedded world's test stream: the clean domain, then one shift after another.
 
     Every domain holds the *same* ``per_domain`` test images (a seeded subset of t10k, as ImageNet-C
     corrupts the same validation images for every corruption), shifted once with a seed derived from
     ``seed`` and the domain name, then ordered: ``"continual"`` (alias ``"shuffled"``) shuffles them
     with a per-domain seed, ``"class-sorted"`` sorts them by label so a batch holds one or two classes
-    (same images and same shift draws as the shuffled stream, only the order differs).
+    (same images and same shift draws as the shuffled stream, only the order differs). Shifted images
+    are quantised to 8 bits, as ImageNet-C's stored images are, which also lets them be cached.
 
     Args:
         source: an object with ``test_images``/``test_labels`` (an ``EmbeddedWorld``), a
@@ -136,10 +138,13 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
         domains: shift names (:data:`streams.shifts.DEFAULT_DOMAINS` by default), in stream order.
         per_domain: images per domain (at most 10,000).
         data: Fashion-MNIST directory when the images are read here.
+        cache_dir: keep each shifted domain there (uint8 safetensors keyed by the shift's name, seed,
+            input images and the shift code), so later runs skip the slow shifts (frost, snow). A world
+            as ``source`` defaults to ``<world cache>/streams``; ``None`` otherwise (no cache).
     """
     from tqdm.auto import tqdm
 
-    from streams.shifts import DEFAULT_DOMAINS, apply_shift, get_shift
+    from streams.shifts import DEFAULT_DOMAINS, get_shift
 
     if isinstance(source, StreamSpec):
         spec = source
@@ -153,6 +158,8 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
         else:
             images, labels = source.test_images, source.test_labels
             root, world = str(getattr(source, "data_root", data) or ""), getattr(source, "key", None)
+            if cache_dir is None and getattr(source, "cache_dir", None) is not None:
+                cache_dir = Path(source.cache_dir) / "streams"
         domains = tuple(domains or DEFAULT_DOMAINS)
         for name in domains:
             get_shift(name)  # fail early on unknown names
@@ -166,12 +173,50 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
     parts = []
     for name in tqdm(spec.domains, desc="shifting test images", disable=not progress, leave=False):
         domain_seed = zlib.crc32(f"{spec.seed}:{name}".encode())
-        shifted = apply_shift(base_x, name, seed=domain_seed)
+        shifted = _shifted(base_x, name, domain_seed, cache_dir)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(domain_seed))
         if spec.order == "class-sorted":
             perm = perm[torch.argsort(base_y[perm], stable=True)]
         parts.append(TensorStream(shifted[perm], base_y[perm], name, spec.batch_size))
     return ConcatStream(parts, spec=spec)
+
+
+def _shift_code_hash() -> str:
+    """Hash of the source of every module that decides what a shift computes."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for module in ("streams.shifts", "streams.corruptions", "streams._imageops", "streams._noise"):
+        digest.update(Path(importlib.import_module(module).__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _shifted(images: Tensor, name: str, seed: int, cache_dir: str | os.PathLike | None) -> Tensor:
+    """``apply_shift`` quantised to 8 bits; with ``cache_dir``, read from / written to the disk cache."""
+    from safetensors.torch import load_file, save_file
+
+    from streams.shifts import apply_shift
+
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(f"{name}:{seed}:{tuple(images.shape)}:{_shift_code_hash()}".encode())
+        digest.update(images.mul(255).round().to(torch.uint8).numpy().tobytes())
+        path = Path(cache_dir) / f"{name.replace(':', '-')}-{digest.hexdigest()[:16]}.safetensors"
+        if path.is_file():
+            try:
+                q = load_file(str(path))["images"]
+                return q.float().div_(255.0).expand(-1, 3, -1, -1)
+            except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+                pass
+    q = apply_shift(images, name, seed=seed).mul_(255.0).round_().to(torch.uint8)
+    if bool((q[:, :1] == q).all()):
+        q = q[:, :1].contiguous()  # grey: one channel stored, replicated on reading
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"images": q}, str(tmp))
+        os.replace(tmp, path)
+    return q.float().div_(255.0).expand(-1, 3, -1, -1)
 
 
 def _test_tensors(data: str | os.PathLike | None) -> tuple[Tensor, Tensor]:

@@ -2,17 +2,18 @@
 
 Every shift maps a batch ``[B, 3, H, W]`` in [0, 1] to the same shape in [0, 1] and is deterministic
 given ``seed``. Corruptions wrap :func:`streams.corruptions.corrupt` (Hendrycks & Dietterich, ICLR 2019)
-at a fixed severity; the rendition-like shifts (in the spirit of ImageNet-R's renditions) are:
+at severity 5 (the online TTA protocol's); the rendition-like shifts (in the spirit of ImageNet-R's renditions) are:
 
 - ``invert``: the photographic negative, 1 − x;
-- ``rotate``: each image rotated by a random angle of 30-60 degrees, either direction;
+- ``rotate``: each image rotated by a random angle of 25-45 degrees, either direction;
 - ``sketch``: an edge sketch, the Sobel gradient magnitude normalised per image (white lines on black,
   like the dataset's white-on-black garments);
 - ``silhouette``: the garment's shape only (pixels above 0.1 become white);
 - ``upside_down``: a vertical flip.
 
-``seen`` marks the families the embedded world's pretraining augmentation covers (noise, blur,
-contrast, brightness, inversion, rotation up to 20 degrees); the others are new to both models.
+``seen`` marks the families the embedded world's pretraining augmentation covers (Gaussian noise,
+Gaussian blur, contrast, brightness, inversion; rotation only up to 20 degrees, so ``rotate`` counts as
+unseen); the others are new to both models.
 A name such as ``"gaussian_noise:5"`` overrides a corruption's severity.
 """
 
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from streams.corruptions import CORRUPTIONS, corrupt
 
 __all__ = ["Shift", "SHIFTS", "DEFAULT_DOMAINS", "ID_DOMAIN", "get_shift", "apply_shift", "describe"]
 
@@ -55,7 +58,7 @@ def _invert(x: Tensor, seed: int) -> Tensor:
     return 1 - x
 
 
-def _rotate(x: Tensor, seed: int, low: float = 30.0, high: float = 60.0) -> Tensor:
+def _rotate(x: Tensor, seed: int, low: float = 25.0, high: float = 45.0) -> Tensor:
     gen = torch.Generator().manual_seed(int(seed))
     b = x.shape[0]
     angle = low + (high - low) * torch.rand(b, generator=gen)
@@ -90,25 +93,19 @@ def _upside_down(x: Tensor, seed: int) -> Tensor:
 
 def _corruption(name: str, severity: int) -> ShiftFn:
     def fn(x: Tensor, seed: int) -> Tensor:
-        from streams.corruptions import corrupt
-
         return corrupt(x, name, severity, seed=seed)
 
     fn.__name__ = f"{name}_{severity}"
     return fn
 
 
-#: corruption -> (default severity in the world, seen in pretraining)
-_CORRUPTIONS: dict[str, tuple[int, bool]] = {
-    "gaussian_noise": (3, True), "shot_noise": (3, False), "impulse_noise": (3, False),
-    "defocus_blur": (3, True), "glass_blur": (3, False), "motion_blur": (3, False), "zoom_blur": (3, False),
-    "snow": (3, False), "frost": (3, False), "fog": (3, False),
-    "brightness": (3, True), "contrast": (3, True), "elastic_transform": (3, False),
-    "pixelate": (3, False), "jpeg_compression": (3, False),
-}
+#: corruptions seen in pretraining (as Gaussian noise, Gaussian blur, brightness and contrast augmentation)
+_SEEN = frozenset({"gaussian_noise", "defocus_blur", "brightness", "contrast"})
+#: severity of every corruption domain: 5, as in the online TTA protocol on ImageNet-C
+SEVERITY = 5
 
 SHIFTS: dict[str, Shift] = {ID_DOMAIN: Shift(ID_DOMAIN, _identity, "identity", True)}
-SHIFTS.update({n: Shift(n, _corruption(n, s), "corruption", seen, s) for n, (s, seen) in _CORRUPTIONS.items()})
+SHIFTS.update({n: Shift(n, _corruption(n, SEVERITY), "corruption", n in _SEEN, SEVERITY) for n in CORRUPTIONS})
 SHIFTS.update({
     "invert": Shift("invert", _invert, "rendition", True),
     "rotate": Shift("rotate", _rotate, "rendition", False),
@@ -117,10 +114,13 @@ SHIFTS.update({
     "upside_down": Shift("upside_down", _upside_down, "rendition", False),
 })
 
-#: the demo's stream: the clean domain, then a continual sequence of shifts
+#: the demo's stream: the clean domain, then a continual sequence of 11 shifts, corruptions in ImageNet-C
+#: order (every family: noise, blur, weather, digital), renditions last; 5 of the 11 are families
+#: pretraining saw (gaussian_noise, defocus_blur, brightness, contrast, invert). The other corruptions
+#: stay available by name; 11 shifts x 2,000 images keep the demo near 2 minutes on 2 cores.
 DEFAULT_DOMAINS: tuple[str, ...] = (
-    ID_DOMAIN, "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "motion_blur", "contrast",
-    "brightness", "fog", "pixelate", "elastic_transform", "jpeg_compression", "invert", "rotate", "sketch",
+    ID_DOMAIN, "gaussian_noise", "impulse_noise", "defocus_blur", "motion_blur", "snow", "brightness", "contrast",
+    "elastic_transform", "invert", "rotate", "sketch",
 )
 
 

@@ -60,7 +60,8 @@ def _tolerance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Rounding allowance of an fp32 (fp64) lerp, plus one step of the output dtype for half types."""
     work = torch.promote_types(a.dtype, torch.float32)
     scale = torch.maximum(a.double().abs(), b.double().abs())
-    tol = 4 * torch.finfo(work).eps * scale
+    # relative rounding, plus one subnormal step (below smallest_normal the spacing is absolute)
+    tol = 4 * torch.finfo(work).eps * scale + torch.finfo(work).smallest_normal * torch.finfo(work).eps
     if a.dtype in (torch.float16, torch.bfloat16):
         tol = tol + torch.finfo(a.dtype).eps * scale + 2 * torch.finfo(a.dtype).smallest_normal
     return tol

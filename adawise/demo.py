@@ -1,0 +1,250 @@
+"""``adawise demo``: every method on the embedded world's continual stream, with a table and plots.
+
+Builds (first run, about 9 minutes on 2 CPU cores) or loads the embedded world
+(:mod:`adawise.models.embedded`), streams the clean test domain followed by a continual sequence of
+shifts (:mod:`streams.shifts`), sweeps the stream once over an α grid, runs each method through
+:func:`adawise.run_stream` and writes to ``--out``: ``<method>.jsonl`` logs, ``summary.json``,
+``table.md`` and PNG plots (accuracy per domain, α over the stream, objectives and accuracy vs α).
+
+One sweep serves every static-α method. It evaluates θ(α) on each batch at each grid α (the shared
+:func:`~adawise.methods.ablations.sweep_stream`) and keeps the logits, so ``zeroshot`` (α = 0),
+``finetuned`` (α = 1), ``wiseft`` (α = 0.5), ``oracle`` (the best α per domain, from the labels: an upper
+bound) and ``adawise-grid`` (the objective's minimum per batch) are replayed from it through the same
+loop, logs and tables as every other method, without a second pass; ``wiseft-0.3`` etc. come from it
+too. Their logits are the registered methods' logits (same θ(α), same forward), which a test checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adawise.methods.base import Method
+from adawise.methods.registry import make_method, registered_methods
+
+__all__ = ["add_arguments", "main", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("entropy", "infomax", "anchored")
+
+
+def _say(*parts: Any) -> None:
+    print(*parts, flush=True)  # progress lines must show up in redirected logs as they happen
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``adawise demo``."""
+    from streams.fashion import ORDERS
+
+    parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated registry names (default: every registered method; AdaWiSE "
+                             "runs its fast preset, see --preset)")
+    parser.add_argument("--order", default="continual", choices=ORDERS,
+                        help="image order within each domain: continual (= shuffled, the default) or "
+                             "class-sorted (a batch holds one or two classes); domains always follow one another")
+    parser.add_argument("--domains", default=None,
+                        help="comma-separated shift names, the first one in distribution (default: clean and "
+                             "11 shifts, see streams.shifts.DEFAULT_DOMAINS; 'gaussian_noise:3' sets a severity)")
+    parser.add_argument("--per-domain", type=int, default=2000, help="test images per domain (default 2000)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--alphas", type=int, default=11,
+                        help="points of the α grid of the shared sweep (default 11: step 0.1)")
+    parser.add_argument("--preset", default="fast", help="AdaWiSE preset: fast (default) or faithful (slow)")
+    parser.add_argument("--setting", default="continual", choices=("continual", "reset_each_shift"),
+                        help="continual (never reset, the default) or reset_each_shift")
+    parser.add_argument("--recipe", default="full", help="world recipe: full (default), tiny, or a JSON file")
+    parser.add_argument("--data", default=None, help="Fashion-MNIST directory (default: the Debian package's)")
+    parser.add_argument("--retrain", action="store_true", help="train the world again even if it is cached")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stream and of the runs")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on 2 cores shared with other work, two threads "
+                             "ran up to 10x slower; 0 keeps torch's default)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+class _Recorder:
+    """Stands in for the AlphaEvaluator in ``sweep_stream`` and keeps every batch's logits at every α."""
+
+    def __init__(self, evaluator: Any) -> None:
+        self.evaluator = evaluator
+        self.batches: list[dict[float, Tensor]] = []
+        self.sums: list[float] = []  # a fingerprint of each batch, checked on replay
+
+    def prepare_input(self, images: Any) -> Any:
+        self.batches.append({})
+        self.sums.append(float(images.sum()))
+        return self.evaluator.prepare_input(images)
+
+    def logits(self, alpha: float, images: Any, fraction: float = 1.0) -> Tensor:
+        out = self.evaluator.logits(alpha, images, fraction)
+        self.batches[-1][alpha] = out
+        return out
+
+
+class _Replay(Method):
+    """A static-α method replayed from the sweep: batch *t* gets the logits the sweep computed at
+    ``choose(t, domain)``. Valid only on the swept stream, which is checked batch by batch.
+
+    ``forward_passes`` reports what the method costs on its own (one pass; a pass per grid α for the
+    grid search), not the replay's zero.
+    """
+
+    def __init__(self, record: _Recorder, choose: Callable[[int, str | None], float], passes: float,
+                 options: dict[str, Any], uses_labels: bool = False) -> None:
+        super().__init__()
+        self.record, self.choose, self.passes, self._options = record, choose, float(passes), options
+        self.uses_labels = uses_labels
+        self.t, self.domain, self._alpha = 0, None, None
+
+    def on_domain(self, domain: str) -> None:
+        self.domain = domain
+
+    def forward(self, images: Any) -> Tensor:
+        t = self.t
+        if t >= len(self.record.batches) or abs(float(images.sum()) - self.record.sums[t]) > 1e-3 * max(
+                1.0, abs(self.record.sums[t])):
+            raise RuntimeError(f"{self.name}: batch {t} is not the batch that was swept; replay the swept stream")
+        self.t += 1
+        self._alpha = self.choose(t, self.domain)
+        return self.record.batches[t][self._alpha]
+
+    @property
+    def alpha(self) -> float | None:
+        return self._alpha
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"forward_passes": self.passes, "replayed_from_sweep": True}
+
+    def options(self) -> dict[str, Any]:
+        return {**self._options, "replayed_from_sweep": True}
+
+
+def _replay(name: str, sweep: Any, record: _Recorder) -> _Replay | None:
+    """The replayed version of ``name``, or ``None`` if it must run on its own."""
+    alphas = list(sweep.alphas)
+    fixed = {"zeroshot": 0.0, "finetuned": 1.0, "wiseft": 0.5}
+    if name in fixed and fixed[name] in alphas:
+        a = fixed[name]
+        method = _Replay(record, lambda t, d: a, 1.0, {"alpha": a})
+    elif name == "oracle":
+        table = sweep.oracle_alphas()
+        method = _Replay(record, lambda t, d: table[d], 1.0, {"grid": alphas, "alphas_per_domain": table,
+                                                              "upper_bound": True}, uses_labels=True)
+    elif name == "adawise-grid":
+        choice = [alphas[i] for i in sweep.grid_choice("entropy").tolist()]
+        method = _Replay(record, lambda t, d: choice[t], float(len(alphas)), {"objective": "entropy", "grid": alphas})
+    else:
+        return None
+    method.name = name
+    return method
+
+
+def _build(name: str, world: Any, args: argparse.Namespace) -> Method:
+    zs, ft = world.zeroshot, world.finetuned
+    if name.startswith("adawise"):
+        return make_method(name, zeroshot=zs, finetuned=ft, preset=args.preset, seed=args.seed)
+    if name == "vrf":
+        return make_method(name, zeroshot=zs, finetuned=ft, index=_zsf_index(world, args))
+    return make_method(name, zeroshot=zs, finetuned=ft)
+
+
+def _zsf_index(world: Any, args: argparse.Namespace) -> Any:
+    """VRF's Zero-Shot-Failure index over the world's fine-tuning data, cached beside the weights."""
+    from adawise.methods.vrf import check_index_models
+    from adawise.zsf import ZSFIndex, build_zsf_index
+    from streams.base import from_tensors
+
+    path = Path(world.cache_dir) / "zsf.safetensors"
+    if path.is_file():
+        try:
+            index = ZSFIndex.load(path)
+            check_index_models(index, world.zeroshot, world.finetuned)
+            return index
+        except Exception as err:  # noqa: BLE001 - a stale or damaged index is rebuilt
+            log.warning("rebuilding the ZSF index at %s (%s)", path, err)
+    index = build_zsf_index(world.zeroshot, world.finetuned,
+                            from_tensors(world.source_images, world.source_labels, "source", 500),
+                            holdout=from_tensors(world.holdout_images, world.holdout_labels, "holdout", 500),
+                            progress=not args.no_progress, seed=args.seed)
+    index.save(path)
+    return index
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything ``adawise demo`` does; returns the summary that is written to ``summary.json``."""
+    threads = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from adawise.demo_plots import write_report
+    from adawise.loop import run_stream
+    from adawise.methods.ablations import alpha_grid, sweep_stream
+    from adawise.methods.adawise import AlphaEvaluator
+    from adawise.models.embedded import embedded_stream, load_embedded
+
+    progress = not args.no_progress
+    names = args.methods.split(",") if args.methods else registered_methods()
+    unknown = sorted(set(names) - set(registered_methods()))
+    if unknown:
+        raise SystemExit(f"adawise demo: unknown methods {unknown}; registered: {', '.join(registered_methods())}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    started = t = time.perf_counter()
+
+    world = load_embedded(args.recipe, data=args.data, retrain=args.retrain, progress=progress)
+    seconds["world"] = time.perf_counter() - t
+    how = "trained" if world.info.get("trained") else "loaded from cache"
+    _say(f"embedded world {world.key} ({world.recipe.name}) {how} in {seconds['world']:.1f} s: {world.cache_dir}")
+
+    t = time.perf_counter()
+    domains = args.domains.split(",") if args.domains else list(world.domains)
+    stream = embedded_stream(world, domains=domains, order=args.order, per_domain=args.per_domain,
+                             batch_size=args.batch_size, seed=args.seed, progress=progress)
+    seconds["stream"] = time.perf_counter() - t
+    _say(f"stream: {len(domains)} domains x {args.per_domain} images, {len(stream)} batches of {args.batch_size}, "
+         f"order {stream.spec.order}, setting {args.setting} (built in {seconds['stream']:.1f} s)")
+
+    t = time.perf_counter()
+    record = _Recorder(AlphaEvaluator(world.zeroshot, world.finetuned))
+    bar = tqdm(stream, total=len(stream), desc=f"α sweep ({args.alphas} αs)", disable=not progress, leave=False)
+    sweep = sweep_stream(record, bar, alpha_grid(args.alphas), list(OBJECTIVES))
+    seconds["sweep"] = time.perf_counter() - t
+    _say(f"α sweep over {len(sweep.alphas)} αs: {seconds['sweep']:.1f} s")
+
+    config = {k: v for k, v in vars(args).items() if k != "func"} | {"world": world.key}
+    results = {}
+    for name in names:
+        t = time.perf_counter()
+        method = _replay(name, sweep, record) or _build(name, world, args)
+        results[name] = run_stream(method, stream, log=out / f"{name}.jsonl", setting=args.setting, seed=args.seed,
+                                   config=config, progress=progress)
+        seconds[name] = time.perf_counter() - t
+        how = " (replayed from the sweep)" if isinstance(method, _Replay) else ""
+        _say(f"  {name:18s} {100 * results[name].accuracy:5.1f} %  {seconds[name]:6.1f} s{how}")
+    seconds["total"] = time.perf_counter() - started
+    return write_report(out, world, stream, sweep, results, seconds, args, say=_say)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``adawise demo``."""
+    run_demo(args)
+    return 0

@@ -1,0 +1,190 @@
+"""What ``adawise demo`` writes: the per-domain table, ``summary.json``, ``table.md`` and the plots.
+
+Accuracy per domain and α over the stream are :mod:`adawise.logs`' plots; the demo adds one of its
+own, :func:`plot_objectives_vs_alpha`: label-free objectives and accuracy as functions of α per domain.
+It shows *why* an objective-driven α can trail the best static α: where the objective's minimum and
+the accuracy's maximum sit at different α, minimising the objective picks the wrong model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["plot_objectives_vs_alpha", "write_report", "check_phenomenon", "static_name"]
+
+#: printed-table order; methods not listed follow in the order they ran
+_ORDER = ("zeroshot", "finetuned", "wiseft-0.3", "wiseft", "wiseft-0.7", "ose", "vrf", "dawin", "adawise",
+          "adawise-infomax", "adawise-anchored", "adawise-grid", "oracle")
+
+
+def static_name(alpha: float) -> str:
+    """Registry-style name of static WiSE-FT at ``alpha`` (``zeroshot``, ``wiseft``, ``wiseft-0.3``...)."""
+    return {0.0: "zeroshot", 1.0: "finetuned", 0.5: "wiseft"}.get(alpha, f"wiseft-{alpha:g}")
+
+
+def _mean(row: Mapping[str, float], domains: Sequence[str]) -> float:
+    return sum(row[d] for d in domains) / len(domains)
+
+
+def check_phenomenon(acc: Mapping[str, Mapping[str, float]], oracle_alpha: Mapping[str, float], id_domain: str,
+                     shifts: Sequence[str]) -> dict[str, Any]:
+    """The four properties the world must show (the same tests as the project's external check)."""
+    zs, ft = acc["zeroshot"], acc["finetuned"]
+    gap = ft[id_domain] - zs[id_domain]
+    wins = [d for d in shifts if zs[d] > ft[d]]
+    means = {m: _mean(acc[m], shifts) for m in ("zeroshot", "finetuned", "wiseft")}
+    span = max(oracle_alpha.values()) - min(oracle_alpha.values())
+    return {
+        "finetuned_minus_zeroshot_id": {"value": gap, "pass": gap >= 0.10},
+        "zeroshot_wins_on_shifts": {"value": wins, "pass": len(wins) >= 3},
+        "wiseft_beats_endpoints_on_shift_mean": {
+            "value": means, "pass": means["wiseft"] > max(means["zeroshot"], means["finetuned"])},
+        "oracle_alpha_span": {"value": span, "pass": span >= 0.4},
+    }
+
+
+def _domain_means(sweep: Any, objective: str, domain: str) -> list[float]:
+    mask = torch.tensor([d == domain for d in sweep.domains])
+    return sweep.objectives[objective][mask].mean(0).tolist()
+
+
+def _telling_domains(static: Mapping[str, list[float]], entropy: Mapping[str, list[float]],
+                     domains: Sequence[str], k: int = 6) -> list[str]:
+    """The ID domain and the shifts where the entropy minimum costs the most accuracy."""
+    def loss(d: str) -> float:
+        return max(static[d]) - static[d][min(range(len(entropy[d])), key=entropy[d].__getitem__)]
+
+    return [domains[0]] + sorted(domains[1:], key=loss, reverse=True)[: k - 1]
+
+
+def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mapping[str, Any],
+                 seconds: dict[str, float], args: Any, say: Callable[..., None] = print) -> dict[str, Any]:
+    """Print the table and checks; write ``summary.json``, ``table.md`` and the PNG plots into ``out``."""
+    from adawise.logs import format_table, plot_accuracy, plot_alpha
+
+    t0 = time.perf_counter()
+    domains = list(stream.domains)
+    id_domain, shifts = domains[0], domains[1:]
+    static = {d: acc.tolist() for d, acc in sweep.accuracy_per_domain().items()}
+    oracle_alpha = sweep.oracle_alphas()
+    accuracy = {name: dict(r.per_domain) for name, r in results.items()}
+    for i, a in enumerate(sweep.alphas):  # static WiSE-FT from the sweep (endpoints too, unless run)
+        accuracy.setdefault(static_name(a), {d: static[d][i] for d in domains})
+    listed = [m for m in _ORDER if m in accuracy] + [m for m in results if m not in _ORDER]
+    best_static = max((static_name(a) for a in sweep.alphas), key=lambda m: _mean(accuracy[m], shifts)) \
+        if shifts else None
+    if best_static and best_static not in listed:
+        listed.insert(listed.index("wiseft") + 1 if "wiseft" in listed else 0, best_static)
+    rows = {m: accuracy[m] for m in listed}
+    objectives = {n: {d: _domain_means(sweep, n, d) for d in domains} for n in sweep.objectives}
+
+    say()
+    say(format_table(rows, domains, id_domain=id_domain))
+    say("oracle α per domain (upper bound): " + ", ".join(f"{d} {a:g}" for d, a in oracle_alpha.items()))
+    if best_static:
+        say(f"best static α on the shift mean: {best_static} ({100 * _mean(accuracy[best_static], shifts):.1f} %)")
+    needed = {"zeroshot", "finetuned", "wiseft"} <= set(accuracy)
+    checks = check_phenomenon(accuracy, oracle_alpha, id_domain, shifts) if shifts and needed else {}
+    for key, res in checks.items():
+        say(f"  [{'PASS' if res['pass'] else 'FAIL'}] {key}: {res['value']}")
+
+    summary = {
+        "id_domain": id_domain,
+        "accuracy": accuracy,
+        "oracle_alpha": oracle_alpha,
+        "domains": domains,
+        "mean_shifts": {m: _mean(row, shifts) for m, row in accuracy.items()} if shifts else {},
+        "alphas": list(sweep.alphas),
+        "static_accuracy": static,
+        "objectives_vs_alpha": objectives,
+        "best_static": best_static,
+        "phenomenon": checks,
+        "upper_bounds": ["oracle"],
+        "order": stream.spec.order,
+        "setting": args.setting,
+        "per_domain": args.per_domain,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "stream_spec": stream.spec.to_dict(),
+        "world": {"key": world.key, "recipe": world.recipe.to_dict(), "cache_dir": str(world.cache_dir),
+                  "info": world.info},
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+    }
+    (out / "table.md").write_text(
+        format_table(rows, domains, id_domain=id_domain, fmt="markdown") + "\n\n"
+        + "oracle α per domain (upper bound): " + ", ".join(f"{d} {a:g}" for d, a in oracle_alpha.items()) + "\n")
+    plot_accuracy(rows, out / "accuracy.png", domains=domains)
+    series = {n: r.alphas for n, r in results.items() if any(a is not None for a in r.alphas)
+              and n not in ("zeroshot", "finetuned", "wiseft")}
+    if series:
+        plot_alpha(series, sweep.domains, out / "alpha.png", oracle_alpha=oracle_alpha)
+    plot_objectives_vs_alpha(list(sweep.alphas), static, objectives, out / "objectives_vs_alpha.png",
+                             domains=_telling_domains(static, objectives["entropy"], domains)
+                             if "entropy" in objectives else None)
+    seconds["report"] = time.perf_counter() - t0
+    seconds["total"] = seconds.get("total", 0.0) + seconds["report"]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    say("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    say(f"wrote {out}/summary.json, table.md, <method>.jsonl and PNG plots")
+    return summary
+
+
+def plot_objectives_vs_alpha(alphas: Sequence[float], accuracy: Mapping[str, Sequence[float]],
+                             objectives: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike,
+                             domains: Sequence[str] | None = None, columns: int = 3) -> Path:
+    """One panel per domain: accuracy (%) on the left axis, each objective on the right axis.
+
+    Args:
+        alphas: the α grid (x axis).
+        accuracy: domain -> accuracy in [0, 1] per α (the whole domain, static α).
+        objectives: objective name -> domain -> mean of the per-batch objective per α (lower is
+            better; the arg-min is marked with a dot).
+        path: PNG file to write.
+        domains: panels to draw (default: every domain of ``accuracy``).
+    """
+    from adawise.logs import _pyplot
+
+    plt = _pyplot()
+    domains = list(domains or accuracy)
+    rows = -(-len(domains) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+    colours = ["tab:red", "tab:green", "tab:purple", "tab:orange"]
+    handles: list = []
+    for ax, domain in zip(axes.flat, domains, strict=False):
+        acc = [100 * a for a in accuracy[domain]]
+        lines = ax.plot(alphas, acc, color="tab:blue", marker="o", ms=3, label="accuracy (%)")
+        best = max(range(len(acc)), key=acc.__getitem__)
+        ax.axvline(alphas[best], color="tab:blue", ls=":", lw=1)
+        ax.set_ylabel("accuracy (%)", color="tab:blue", fontsize=8)
+        ax.set_title(domain, fontsize=9)
+        ax.set_xlabel("α", fontsize=8)
+        twin = ax.twinx()
+        for colour, (name, per_domain) in zip(colours, objectives.items(), strict=False):
+            values = list(per_domain[domain])
+            lines += twin.plot(alphas, values, color=colour, lw=1, label=name)
+            low = min(range(len(values)), key=values.__getitem__)
+            twin.plot([alphas[low]], [values[low]], "o", color=colour, ms=5)
+        twin.set_ylabel("objective (lower = chosen)", fontsize=8)
+        twin.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7)
+        handles = handles or lines
+    for ax in list(axes.flat)[len(domains):]:
+        ax.axis("off")
+    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=len(handles), fontsize=8)
+    fig.suptitle("accuracy (blue, dotted line: best α) and label-free objectives (dot: their minimum) vs α",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
