@@ -78,8 +78,11 @@ class CLIPClassifier(nn.Module):
                     "pass a 1-D boolean mask with one entry per head class"
                 )
             self.register_buffer("class_mask", mask, persistent=False)
+            # column indices: index_select needs no host sync (boolean indexing does), so CUDA graphs capture
+            self.register_buffer("class_index", mask.nonzero().flatten(), persistent=False)
         else:
             self.class_mask = None
+            self.class_index = None
 
     @property
     def num_classes(self) -> int:
@@ -114,7 +117,7 @@ class CLIPClassifier(nn.Module):
     def classify(self, features: Tensor) -> Tensor:
         """Head (and class-mask projection) applied to normalised features."""
         logits = self.head(features.to(self.head.weight.dtype))
-        return logits[:, self.class_mask] if self.class_mask is not None else logits
+        return logits.index_select(1, self.class_index) if self.class_index is not None else logits
 
     def forward(self, images: Tensor) -> Tensor:
         return self.classify(self.encode(images))
