@@ -24,6 +24,7 @@ __all__ = [
     "format_table",
     "plot_accuracy",
     "plot_alpha",
+    "save_figure",
     "to_jsonable",
 ]
 
@@ -174,6 +175,18 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy(accuracy: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
                   domains: Sequence[str] | None = None, upper_bounds: Iterable[str] = ("oracle",),
                   title: str = "Accuracy per domain") -> Path:
@@ -194,12 +207,7 @@ def plot_accuracy(accuracy: Mapping[str, Mapping[str, float]], path: str | os.Pa
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_alpha(series: Mapping[str, Sequence[float | None]], domains_per_batch: Sequence[str],
@@ -225,9 +233,4 @@ def plot_alpha(series: Mapping[str, Sequence[float | None]], domains_per_batch: 
     ax.set_ylabel("α")
     ax.set_title(title, pad=28)
     ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

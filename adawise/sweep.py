@@ -735,7 +735,7 @@ def format_merged(merged: Mapping[str, Any], id_domain: str | None = None) -> st
 
 def plot_merged(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """``sweep.png``: per model/stream/setting, accuracy per domain and method, error bars over seeds."""
-    from adawise.logs import _pyplot
+    from adawise.logs import _pyplot, save_figure
 
     plt = _pyplot()
     fig, axes = plt.subplots(len(groups), 1, figsize=(11, 3.4 * len(groups)), squeeze=False)
@@ -755,12 +755,7 @@ def plot_merged(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike) ->
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{g['model']} · {g['stream']} · {g['setting']}", fontsize=9)
         ax.legend(fontsize=6, ncol=4)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # --------------------------------------------------------------------------------------------------
