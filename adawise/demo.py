@@ -10,8 +10,10 @@ One sweep serves every static-α method. It evaluates θ(α) on each batch at ea
 :func:`~adawise.methods.ablations.sweep_stream`) and keeps the logits, so ``zeroshot`` (α = 0),
 ``finetuned`` (α = 1), ``wiseft`` (α = 0.5), ``oracle`` (the best α per domain, from the labels: an upper
 bound) and ``adawise-grid`` (the objective's minimum per batch) are replayed from it through the same
-loop, logs and tables as every other method, without a second pass; ``wiseft-0.3`` etc. come from it
-too. Their logits are the registered methods' logits (same θ(α), same forward), which a test checks.
+loop, logs and tables as every other method, without a second pass; ``wiseft-0.2`` etc. come from it
+too. The output ensembles ``ose`` and ``dawin`` (registered methods, unchanged) read the two endpoints'
+logits of each batch from it as well. All of these are the logits the registered methods compute on
+their own (same θ(α), same forward), which a test checks; the other methods run their own passes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from adawise.methods.base import Method
 from adawise.methods.registry import make_method, registered_methods
@@ -34,6 +36,8 @@ __all__ = ["add_arguments", "main", "run_demo"]
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("entropy", "infomax", "anchored")
+ADAWISE_METHODS = ("adawise", "adawise-infomax", "adawise-anchored")
+DEFAULT_ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 def _say(*parts: Any) -> None:
@@ -56,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "11 shifts, see streams.shifts.DEFAULT_DOMAINS; 'gaussian_noise:3' sets a severity)")
     parser.add_argument("--per-domain", type=int, default=2000, help="test images per domain (default 2000)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--alphas", type=int, default=11,
-                        help="points of the α grid of the shared sweep (default 11: step 0.1)")
+    parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+                        help="α grid of the shared sweep: comma-separated values or a number of equally spaced "
+                             "points (default %(default)s; 11 gives step 0.1 and costs 4 more passes per batch)")
     parser.add_argument("--preset", default="fast", help="AdaWiSE preset: fast (default) or faithful (slow)")
     parser.add_argument("--setting", default="continual", choices=("continual", "reset_each_shift"),
                         help="continual (never reset, the default) or reset_each_shift")
@@ -89,6 +94,24 @@ class _Recorder:
         self.batches[-1][alpha] = out
         return out
 
+    def replay(self, t: int, images: Tensor, alpha: float, who: str) -> Tensor:
+        """The logits of batch ``t`` at ``alpha``, after checking ``images`` is that batch."""
+        if t >= len(self.batches) or abs(float(images.sum()) - self.sums[t]) > 1e-3 * max(1.0, abs(self.sums[t])):
+            raise RuntimeError(f"{who}: batch {t} is not the batch that was swept; replay the swept stream only")
+        return self.batches[t][alpha]
+
+
+class _Endpoint(nn.Module):
+    """One endpoint (α = 0 or 1) as a module that returns the sweep's logits of each batch, in order."""
+
+    def __init__(self, record: _Recorder, alpha: float) -> None:
+        super().__init__()
+        self.record, self.alpha, self.t = record, alpha, 0
+
+    def forward(self, images: Tensor) -> Tensor:
+        self.t += 1
+        return self.record.replay(self.t - 1, images, self.alpha, "an endpoint")
+
 
 class _Replay(Method):
     """A static-α method replayed from the sweep: batch *t* gets the logits the sweep computed at
@@ -109,13 +132,9 @@ class _Replay(Method):
         self.domain = domain
 
     def forward(self, images: Any) -> Tensor:
-        t = self.t
-        if t >= len(self.record.batches) or abs(float(images.sum()) - self.record.sums[t]) > 1e-3 * max(
-                1.0, abs(self.record.sums[t])):
-            raise RuntimeError(f"{self.name}: batch {t} is not the batch that was swept; replay the swept stream")
         self.t += 1
-        self._alpha = self.choose(t, self.domain)
-        return self.record.batches[t][self._alpha]
+        self._alpha = self.choose(self.t - 1, self.domain)
+        return self.record.replay(self.t - 1, images, self._alpha, self.name)
 
     @property
     def alpha(self) -> float | None:
@@ -149,9 +168,15 @@ def _replay(name: str, sweep: Any, record: _Recorder) -> _Replay | None:
     return method
 
 
-def _build(name: str, world: Any, args: argparse.Namespace) -> Method:
+#: methods that are functions of the two endpoints' outputs only: they read them from the sweep
+_OUTPUT_ENSEMBLES = ("ose", "dawin")
+
+
+def _build(name: str, world: Any, args: argparse.Namespace, record: _Recorder) -> Method:
     zs, ft = world.zeroshot, world.finetuned
-    if name.startswith("adawise"):
+    if name in _OUTPUT_ENSEMBLES:
+        return make_method(name, zeroshot=_Endpoint(record, 0.0), finetuned=_Endpoint(record, 1.0))
+    if name in ADAWISE_METHODS:
         return make_method(name, zeroshot=zs, finetuned=ft, preset=args.preset, seed=args.seed)
     if name == "vrf":
         return make_method(name, zeroshot=zs, finetuned=ft, index=_zsf_index(world, args))
@@ -201,10 +226,13 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     from adawise.models.embedded import embedded_stream, load_embedded
 
     progress = not args.no_progress
-    names = args.methods.split(",") if args.methods else registered_methods()
+    names = args.methods.split(",") if args.methods else [m for m in registered_methods() if "faithful" not in m]
     unknown = sorted(set(names) - set(registered_methods()))
     if unknown:
         raise SystemExit(f"adawise demo: unknown methods {unknown}; registered: {', '.join(registered_methods())}")
+    alphas = alpha_grid(int(args.alphas) if args.alphas.isdigit() else [float(a) for a in args.alphas.split(",")])
+    if not {0.0, 1.0} <= set(alphas):
+        raise SystemExit(f"adawise demo: the α grid must contain 0 and 1 (the endpoints), got {alphas}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -225,8 +253,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     t = time.perf_counter()
     record = _Recorder(AlphaEvaluator(world.zeroshot, world.finetuned))
-    bar = tqdm(stream, total=len(stream), desc=f"α sweep ({args.alphas} αs)", disable=not progress, leave=False)
-    sweep = sweep_stream(record, bar, alpha_grid(args.alphas), list(OBJECTIVES))
+    bar = tqdm(stream, total=len(stream), desc=f"α sweep ({len(alphas)} αs)", disable=not progress, leave=False)
+    sweep = sweep_stream(record, bar, alphas, list(OBJECTIVES))
     seconds["sweep"] = time.perf_counter() - t
     _say(f"α sweep over {len(sweep.alphas)} αs: {seconds['sweep']:.1f} s")
 
@@ -234,11 +262,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     results = {}
     for name in names:
         t = time.perf_counter()
-        method = _replay(name, sweep, record) or _build(name, world, args)
+        method = _replay(name, sweep, record) or _build(name, world, args, record)
         results[name] = run_stream(method, stream, log=out / f"{name}.jsonl", setting=args.setting, seed=args.seed,
                                    config=config, progress=progress)
         seconds[name] = time.perf_counter() - t
-        how = " (replayed from the sweep)" if isinstance(method, _Replay) else ""
+        how = (" (replayed from the sweep)" if isinstance(method, _Replay)
+               else " (endpoint logits from the sweep)" if name in _OUTPUT_ENSEMBLES else "")
         _say(f"  {name:18s} {100 * results[name].accuracy:5.1f} %  {seconds[name]:6.1f} s{how}")
     seconds["total"] = time.perf_counter() - started
     return write_report(out, world, stream, sweep, results, seconds, args, say=_say)

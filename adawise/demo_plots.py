@@ -20,8 +20,8 @@ import torch
 __all__ = ["plot_objectives_vs_alpha", "write_report", "check_phenomenon", "static_name"]
 
 #: printed-table order; methods not listed follow in the order they ran
-_ORDER = ("zeroshot", "finetuned", "wiseft-0.3", "wiseft", "wiseft-0.7", "ose", "vrf", "dawin", "adawise",
-          "adawise-infomax", "adawise-anchored", "adawise-grid", "oracle")
+_ORDER = ("zeroshot", "finetuned", "wiseft-0.2", "wiseft-0.3", "wiseft", "wiseft-0.7", "wiseft-0.8", "ose", "vrf",
+          "dawin", "adawise", "adawise-infomax", "adawise-anchored", "adawise-grid", "oracle")
 
 
 def static_name(alpha: float) -> str:
@@ -124,7 +124,7 @@ def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mappin
         + "oracle α per domain (upper bound): " + ", ".join(f"{d} {a:g}" for d, a in oracle_alpha.items()) + "\n")
     plot_accuracy(rows, out / "accuracy.png", domains=domains)
     series = {n: r.alphas for n, r in results.items() if any(a is not None for a in r.alphas)
-              and n not in ("zeroshot", "finetuned", "wiseft")}
+              and n not in ("zeroshot", "finetuned", "wiseft", "oracle")}  # oracle: the dashed steps
     if series:
         plot_alpha(series, sweep.domains, out / "alpha.png", oracle_alpha=oracle_alpha)
     plot_objectives_vs_alpha(list(sweep.alphas), static, objectives, out / "objectives_vs_alpha.png",

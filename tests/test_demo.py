@@ -20,7 +20,7 @@ except fashion.FashionMNISTError:
 pytestmark = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST not installed "
                                 "(apt-get install -y dataset-fashion-mnist)")
 
-METHODS = "zeroshot,finetuned,wiseft,adawise,adawise-anchored,adawise-grid,oracle,dawin"
+METHODS = "zeroshot,finetuned,wiseft,adawise,adawise-anchored,adawise-grid,oracle,dawin,ose"
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,10 @@ def test_summary_has_the_documented_keys(demo_run):
         assert set(acc[name]) == set(domains), name
         assert all(0.0 <= v <= 1.0 for v in acc[name].values())
     # static alphas from the shared sweep, named after the registry
-    assert {"wiseft-0.1", "wiseft-0.3", "wiseft-0.7", "wiseft-0.9"} <= set(acc)
-    assert "wiseft-0.5" not in acc and "wiseft-0" not in acc
+    assert {"wiseft-0.2", "wiseft-0.4", "wiseft-0.6", "wiseft-0.8"} <= set(acc)
+    assert "wiseft-0.5" not in acc and "wiseft-0" not in acc and s["alphas"] == [0, 0.2, 0.4, 0.5, 0.6, 0.8, 1]
     assert set(s["oracle_alpha"]) == set(domains) and all(0 <= a <= 1 for a in s["oracle_alpha"].values())
-    for name, i in (("zeroshot", 0), ("wiseft", 5), ("finetuned", 10)):
+    for name, i in (("zeroshot", 0), ("wiseft", 3), ("finetuned", 6)):
         for d in domains:
             assert acc[name][d] == pytest.approx(s["static_accuracy"][d][i], abs=1e-9)
     assert set(s["phenomenon"]) == {"finetuned_minus_zeroshot_id", "zeroshot_wins_on_shifts",
@@ -80,10 +80,11 @@ def test_demo_writes_logs_table_and_plots(demo_run):
     assert "upper bound" in printed and "seconds:" in printed
 
 
-@pytest.mark.parametrize("name", ["zeroshot", "finetuned", "wiseft", "oracle", "adawise-grid"])
-def test_replayed_methods_match_the_registered_methods(demo_run, monkeypatch, name):
-    """Static-alpha methods are replayed from the shared sweep; the registered methods, run on their
-    own over the same stream, must predict the same (per batch: correct counts, alpha)."""
+@pytest.mark.parametrize("name", ["zeroshot", "finetuned", "wiseft", "oracle", "adawise-grid", "dawin", "ose"])
+def test_methods_read_from_the_sweep_match_the_registered_methods(demo_run, monkeypatch, name):
+    """Static-alpha methods are replayed from the shared sweep and the output ensembles read the
+    endpoints' logits from it; the registered methods, run on their own over the same stream with
+    the real models, must predict the same (per batch: correct counts, alpha)."""
     from adawise.loop import run_stream
     from adawise.methods.registry import make_method
     from adawise.models.embedded import embedded_stream, load_embedded
@@ -97,16 +98,22 @@ def test_replayed_methods_match_the_registered_methods(demo_run, monkeypatch, na
     result = run_stream(method, stream, progress=False)
     logged = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
     batches = [r for r in logged if r["type"] == "batch"]
-    assert all(r["replayed_from_sweep"] for r in batches)
+    ensemble = name in ("ose", "dawin")
+    assert all(r.get("replayed_from_sweep", ensemble) for r in batches)
     assert [r["correct"] for r in batches] == [r["correct"] for r in result.records]
-    assert [r["alpha"] for r in batches] == pytest.approx(result.alphas)
+    assert [r["entropy"] for r in batches] == pytest.approx([r["entropy"] for r in result.records], abs=1e-5)
+    if not ensemble:
+        assert [r["alpha"] for r in batches] == pytest.approx(result.alphas)
     assert logged[0]["uses_labels"] == (name == "oracle")  # the upper bound is marked in the header
 
 
-def test_unknown_method_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("option, message", [(["--methods", "nope"], "unknown methods"),
+                                             (["--alphas", "0.2,0.5,1"], "must contain 0 and 1")])
+def test_bad_options_are_refused_before_any_work(tmp_path, monkeypatch, option, message):
     from adawise.cli import main
 
     monkeypatch.setenv("ADAWISE_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(SystemExit, match="unknown methods"):
-        main(["demo", "--recipe", "tiny", "--out", str(tmp_path), "--domains", "clean", "--per-domain", "8",
-              "--methods", "nope", "--no-progress"])
+    with pytest.raises(SystemExit, match=message):
+        main(["demo", "--recipe", "tiny", "--out", str(tmp_path / "out"), "--domains", "clean", "--per-domain", "8",
+              "--no-progress", *option])
+    assert not (tmp_path / "cache").exists()  # refused before the world is built
