@@ -218,9 +218,28 @@ def test_recipe_resolution_and_validation(tmp_path):
         EmbeddedRecipe(pretrain_size=50000, finetune_size=20000)
 
 
+def test_endpoint_names_resolve_and_bad_names_list_the_valid_ones():
+    from adawise.models.embedded import ENDPOINTS, EmbeddedRecipe
+
+    assert ENDPOINTS == ("e2e", "r-adapter", "drm")
+    assert EmbeddedRecipe.full().endpoint == "e2e" and EmbeddedRecipe.resolve("full").endpoint == "e2e"
+    for name in ENDPOINTS:
+        assert EmbeddedRecipe.resolve(name) == EmbeddedRecipe.full().with_endpoint(name)
+        assert EmbeddedRecipe.resolve(f"tiny:{name}") == EmbeddedRecipe.tiny().with_endpoint(name)
+        assert EmbeddedRecipe.resolve(f"full:{name}").endpoint == name
+    with pytest.raises(ValueError, match="e2e, r-adapter, drm"):
+        EmbeddedRecipe.resolve("tiny:lora")
+    with pytest.raises(ValueError, match="e2e, r-adapter, drm"):
+        EmbeddedRecipe.full().with_endpoint("lora")
+    with pytest.raises(ValueError, match="endpoint"):
+        EmbeddedRecipe.resolve("lora")
+    with pytest.raises(ValueError, match="p_description_caption"):
+        EmbeddedRecipe(p_description_caption=0.5)
+
+
 def test_pretraining_augmentation_and_captions():
     from adawise.models.embedded import EmbeddedRecipe
-    from adawise.models.embedded_train import ALL_TEMPLATES, augment_with_captions
+    from adawise.models.embedded_train import ALL_TEMPLATES, augment_with_captions, description_caption
 
     x = torch.rand(64, 1, 28, 28)
     y = torch.arange(64) % 10
@@ -229,7 +248,9 @@ def test_pretraining_augmentation_and_captions():
     assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
     assert len(captions) == 64 and all(isinstance(c, str) for c in captions)
     fills = {t.format(n) for t in ALL_TEMPLATES for n in fashion.CLASS_NAMES}
-    assert set(captions) <= fills
+    descriptions = {description_caption(n, w) for n in fashion.CLASS_NAMES for w in (False, True)}
+    assert set(captions) <= fills | descriptions
+    assert set(captions) & descriptions and set(captions) & fills
     assert any(c.startswith(("a blurry", "a noisy", "a negative", "a low contrast", "a dark", "a bright"))
                for c in captions)
     again = augment_with_captions(x, y, fashion.CLASS_NAMES, EmbeddedRecipe.full(), torch.Generator().manual_seed(0))

@@ -9,18 +9,23 @@ It reproduces, at a size that trains in minutes on two CPU cores, the setting of
   the augmentation and are sometimes wrong (see :mod:`adawise.models.embedded_train`);
 - *zero-shot model*: its image tower + the zero-shot head from its own text tower (every caption
   template, :data:`~adawise.models.embedded_train.ALL_TEMPLATES`);
-- *fine-tuned model*: a copy trained end to end on clean, disjoint images
-  ``train[pretrain_size : pretrain_size + finetune_size]``, head initialised from the zero-shot head;
-  ``train[-holdout_size:]`` is held out (temperature fitting, VRF);
+- *fine-tuned model* (the recipe's ``endpoint``, :data:`ENDPOINTS`): trained on clean, disjoint images
+  ``train[pretrain_size : pretrain_size + finetune_size]`` by end-to-end cross-entropy (``"e2e"``, head
+  initialised from the zero-shot head), by R-Adapter (``"r-adapter"``, :mod:`adawise.models.r_adapter`) or
+  by dual risk minimisation (``"drm"``, :mod:`adawise.models.drm`); always a :class:`CLIPClassifier` with
+  the zero-shot model's keys. ``train[-holdout_size:]`` is held out (temperature fitting, VRF);
 - *test*: the 10,000 t10k images, under the shifts of :mod:`streams.shifts`.
 
 ``load_embedded()`` builds the world (progress bars) or loads it from the cache directory
-``$ADAWISE_CACHE`` (default ``~/.cache/adawise``) / ``embedded-<key>/``, the key hashing the recipe,
-the training code version and the data. A corrupt cache is rebuilt with a warning.
+``$ADAWISE_CACHE`` (default ``~/.cache/adawise``) / ``embedded-<key>/``, the key hashing the recipe fields
+that matter to that endpoint, the training code version and the data. Pretraining is shared by the
+endpoints: it is cached once in ``pretrained-<key>/`` (key: the pretraining fields only) and reused. A
+corrupt cache is rebuilt with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -30,8 +35,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +45,26 @@ from torch import Tensor, nn
 
 from adawise.models.checkpoints import load_checkpoint, save_state_dict, weights_hash
 from adawise.models.clip import CLIPClassifier, build_classifier, create_clip
-from adawise.models.embedded_train import ALL_TEMPLATES, finetune, pretrain
+from adawise.models.embedded_train import ALL_TEMPLATES, CORE_DESCRIPTIONS, finetune, pretrain
 from streams import fashion
 from streams.shifts import DEFAULT_DOMAINS, ID_DOMAIN, SHIFTS, Shift
 
-__all__ = ["EmbeddedRecipe", "EmbeddedWorld", "load_embedded", "cache_root", "world_dir", "embedded_stream"]
+__all__ = ["EmbeddedRecipe", "EmbeddedWorld", "ENDPOINTS", "load_embedded", "cache_root", "world_dir", "world_key",
+           "pretrain_key", "embedded_stream"]
 
 log = logging.getLogger(__name__)
 
 #: bump when the training code changes what a recipe produces (invalidates caches)
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: description captions in pretraining; shared pretraining cache; endpoints
 #: Fashion-MNIST pixel statistics, folded into the classifiers (grey replicated to 3 channels)
 MEAN, STD = (0.286,) * 3, (0.353,) * 3
 _FILES = ("clip.safetensors", "zeroshot.safetensors", "finetuned.safetensors", "recipe.json")
+_PRETRAINED_FILES = ("clip.safetensors", "zeroshot.safetensors", "pretrained.json")
+#: the fine-tuned endpoint's recipes: end-to-end cross-entropy, R-Adapter, dual risk minimisation
+ENDPOINTS: tuple[str, ...] = ("e2e", "r-adapter", "drm")
+#: fields that only the fine-tuning stage reads (every endpoint), and each endpoint's own fields (by prefix)
+_FINETUNE_FIELDS = ("finetune_size", "holdout_size", "finetune_epochs", "finetune_batch", "finetune_lr")
+_ENDPOINT_PREFIX = {"e2e": None, "r-adapter": "radapter_", "drm": "drm_"}
 
 
 @dataclass(frozen=True)
@@ -99,10 +111,27 @@ class EmbeddedRecipe:
     noise_sigma: tuple[float, float] = (0.05, 0.3)
     caption_noise: float = 0.2
     p_generic_caption: float = 0.3
+    #: share of captions that describe the class's defining features (CORE_DESCRIPTIONS), taken from the
+    #: generic share; half of them name the class ("coat: long sleeves, ..."), half do not
+    p_description_caption: float = 0.15
     seed: int = 0
     #: intra-op threads while training: 1 makes the weights identical on any machine (reduction order)
     #: and immune to a busy machine (two threads sharing 2 cores with other work ran 10x slower)
     train_threads: int = 1
+    #: which fine-tuned endpoint the world holds (:data:`ENDPOINTS`)
+    endpoint: str = "e2e"
+    # R-Adapter (Kim et al., ECCV 2024); epochs and batch are finetune_epochs / finetune_batch
+    radapter_lr: float = 5e-4
+    radapter_drop: float = 0.2
+    radapter_ema: float = 0.99
+    radapter_margin: float = 0.05
+    radapter_smoothing: float = 0.1
+    radapter_temperature: float = 0.01
+    radapter_scale: float = 1.0
+    radapter_text: bool = True
+    # DRM (Li et al., NeurIPS 2024); optimiser and schedule are the e2e fine-tuning's
+    drm_lambda: float = 1.0
+    drm_beta: float = 0.5
 
     @classmethod
     def full(cls) -> EmbeddedRecipe:
@@ -116,18 +145,33 @@ class EmbeddedRecipe:
                    vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1,
                    pretrain_epochs=1, pretrain_batch=128, finetune_epochs=1, finetune_batch=128)
 
+    def with_endpoint(self, name: str) -> EmbeddedRecipe:
+        """The same recipe with another fine-tuned endpoint (same pretraining)."""
+        return replace(self, endpoint=name)
+
     @classmethod
     def resolve(cls, recipe: EmbeddedRecipe | str | os.PathLike | None) -> EmbeddedRecipe:
-        """A recipe from itself, a name (``"full"``, ``"tiny"``) or a JSON file of field values."""
+        """A recipe from itself, a name or a JSON file of field values.
+
+        Names: ``"full"``, ``"tiny"``, an endpoint (``"e2e"``, ``"r-adapter"``, ``"drm"``: the full world with
+        that endpoint) or ``"<full|tiny>:<endpoint>"`` (e.g. ``"tiny:r-adapter"``).
+        """
         if recipe is None:
             return cls.full()
         if isinstance(recipe, EmbeddedRecipe):
             return recipe
-        if str(recipe) in ("full", "tiny"):
-            return getattr(cls, str(recipe))()
+        text = str(recipe)
+        if text in ("full", "tiny"):
+            return getattr(cls, text)()
+        if text in ENDPOINTS:
+            return cls.full().with_endpoint(text)
+        base, sep, endpoint = text.partition(":")
+        if sep and base in ("full", "tiny") and not Path(text).is_file():
+            return getattr(cls, base)().with_endpoint(endpoint)  # an unknown endpoint raises, listing the valid
         path = Path(recipe)
         if not path.is_file():
-            raise ValueError(f"recipe {str(recipe)!r} is neither 'full', 'tiny' nor a JSON file ({path.resolve()})")
+            raise ValueError(f"recipe {text!r} is neither 'full', 'tiny', an endpoint {list(ENDPOINTS)}, "
+                             f"'tiny:<endpoint>' nor a JSON file ({path.resolve()})")
         data = json.loads(path.read_text())
         data = data.get("recipe", data)
         known = {f.name for f in fields(cls)}
@@ -138,6 +182,11 @@ class EmbeddedRecipe:
         return cls(**{**data, **tuples})
 
     def __post_init__(self) -> None:
+        if self.endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {self.endpoint!r}; valid: {', '.join(ENDPOINTS)}")
+        if not 0.0 <= self.p_description_caption <= self.p_generic_caption:
+            raise ValueError(f"p_description_caption ({self.p_description_caption}) is taken from the generic "
+                             f"captions' share: it must lie in [0, p_generic_caption = {self.p_generic_caption}]")
         used = self.pretrain_size + self.finetune_size + self.holdout_size
         if min(self.pretrain_size, self.finetune_size, self.holdout_size) <= 0 or used > 60000:
             raise ValueError(f"recipe {self.name}: pretrain+finetune+holdout sizes must be positive and fit in "
@@ -208,10 +257,36 @@ def _data_fingerprint(*arrays: Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
+def _is_endpoint_field(name: str) -> bool:
+    return any(prefix and name.startswith(prefix) for prefix in _ENDPOINT_PREFIX.values())
+
+
+def _pretrain_fields(recipe: EmbeddedRecipe) -> dict[str, Any]:
+    """The fields pretraining reads: all but the name, the endpoint and the fine-tuning stage's fields."""
+    return {k: v for k, v in recipe.to_dict().items()
+            if k not in ("name", "endpoint", *_FINETUNE_FIELDS) and not _is_endpoint_field(k)}
+
+
+def _hash(blob: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pretrain_key(recipe: EmbeddedRecipe, data_fingerprint: str) -> str:
+    """Hash of the pretraining fields, the training-code version and the data: shared by every endpoint."""
+    return _hash({"pretrain": _pretrain_fields(recipe), "code": CODE_VERSION, "data": data_fingerprint})
+
+
 def world_key(recipe: EmbeddedRecipe, data_fingerprint: str) -> str:
-    """Hash of the recipe, the training-code version and the data: the cache directory's key."""
-    blob = json.dumps({"recipe": recipe.to_dict(), "code": CODE_VERSION, "data": data_fingerprint}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    """The world's cache key: the pretraining key, the fine-tuning fields, the endpoint and its own fields.
+
+    Another endpoint's fields (and the recipe's name) do not enter it, so changing an R-Adapter field
+    leaves the e2e and drm worlds' keys unchanged.
+    """
+    prefix = _ENDPOINT_PREFIX[recipe.endpoint]
+    own = {k: v for k, v in recipe.to_dict().items()
+           if k in _FINETUNE_FIELDS or (prefix is not None and k.startswith(prefix))}
+    return _hash({"pretrained": pretrain_key(recipe, data_fingerprint), "endpoint": recipe.endpoint,
+                  "finetune": own, "code": CODE_VERSION})
 
 
 def world_dir(key: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -255,74 +330,121 @@ def _accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 100
     return correct / max(1, len(images))
 
 
-def _train(recipe: EmbeddedRecipe, splits: dict[str, tuple[Tensor, Tensor]], progress: bool
-           ) -> tuple[nn.Module, CLIPClassifier, CLIPClassifier, dict[str, Any]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.train_threads)
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
-        return _train_stages(recipe, splits, progress)
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
-def _train_stages(recipe: EmbeddedRecipe, splits: dict[str, tuple[Tensor, Tensor]], progress: bool
-                  ) -> tuple[nn.Module, CLIPClassifier, CLIPClassifier, dict[str, Any]]:
+def _pretrain_stage(recipe: EmbeddedRecipe, splits: dict[str, tuple[Tensor, Tensor]], progress: bool
+                    ) -> tuple[nn.Module, CLIPClassifier, dict[str, Any]]:
     clip, tokenizer = _new_clip(recipe)
     names = list(fashion.CLASS_NAMES)
     pre_x, pre_y = splits["pretrain"]
     t0 = time.perf_counter()
-    pre_losses = pretrain(clip, _cached_tokenizer(tokenizer), fashion.to_float(pre_x), pre_y, names, _normalize,
+    with _threads(recipe.train_threads):
+        losses = pretrain(clip, _cached_tokenizer(tokenizer), fashion.to_float(pre_x), pre_y, names, _normalize,
                           recipe, progress)
-    t1 = time.perf_counter()
-    zeroshot = build_classifier(clip, tokenizer, names, list(ALL_TEMPLATES))
-    finetuned = copy.deepcopy(zeroshot)
+        zeroshot = build_classifier(clip, tokenizer, names, list(ALL_TEMPLATES))
+    info = {"pretrain_seconds": round(time.perf_counter() - t0, 1), "pretrain_loss": [round(v, 4) for v in losses],
+            "threads": recipe.train_threads, "cpus": os.cpu_count()}
+    return clip, zeroshot, info
+
+
+def _finetune_stage(recipe: EmbeddedRecipe, clip: nn.Module, zeroshot: CLIPClassifier,
+                    splits: dict[str, tuple[Tensor, Tensor]], progress: bool
+                    ) -> tuple[CLIPClassifier, dict[str, Any]]:
+    """The recipe's endpoint from the pretrained CLIP and its zero-shot classifier (neither is modified)."""
     ft_x, ft_y = splits["finetune"]
-    ft_losses = finetune(finetuned, _grey3(ft_x), ft_y, recipe, progress)
-    t2 = time.perf_counter()
-    info = {"pretrain_seconds": round(t1 - t0, 1), "finetune_seconds": round(t2 - t1, 1),
-            "pretrain_loss": [round(v, 4) for v in pre_losses], "finetune_loss": [round(v, 4) for v in ft_losses],
-            "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+    names = list(fashion.CLASS_NAMES)
+    t0 = time.perf_counter()
+    endpoint_info: dict[str, Any] = {}
+    with _threads(recipe.train_threads):
+        if recipe.endpoint == "e2e":
+            finetuned = copy.deepcopy(zeroshot)
+            losses = finetune(finetuned, _grey3(ft_x), ft_y, recipe, progress)
+        elif recipe.endpoint == "r-adapter":
+            from adawise.models.r_adapter import radapter_finetune
+
+            tokenizer = _cached_tokenizer(_new_clip(recipe)[1])
+            finetuned, endpoint_info = radapter_finetune(clip, tokenizer, fashion.to_float(ft_x), ft_y, names,
+                                                         list(ALL_TEMPLATES), _normalize, recipe, progress)
+            losses = endpoint_info.pop("loss")
+        else:
+            from adawise.models.drm import core_feature_head, drm_finetune
+
+            core = core_feature_head(clip, _new_clip(recipe)[1], [CORE_DESCRIPTIONS[n] + "." for n in names])
+            finetuned, endpoint_info = drm_finetune(zeroshot, core, _grey3(ft_x), ft_y, recipe, progress)
+            losses = endpoint_info.pop("loss")
+    info = {"endpoint": recipe.endpoint, "finetune_seconds": round(time.perf_counter() - t0, 1),
+            "finetune_loss": [round(v, 4) for v in losses], **endpoint_info,
             "load_average_after": [round(v, 2) for v in os.getloadavg()]}
-    return clip, zeroshot, finetuned, info
+    return finetuned.eval(), info
 
 
-def _save(directory: Path, recipe: EmbeddedRecipe, key: str, fingerprint: str, clip: nn.Module,
-          zeroshot: nn.Module, finetuned: nn.Module, info: dict[str, Any]) -> None:
+def _write_dir(directory: Path, models: dict[str, nn.Module], doc: dict[str, Any], doc_name: str) -> None:
+    """Write ``<name>.safetensors`` for each model and ``doc_name`` (with their hashes) atomically."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    meta = {"adawise_embedded_key": key}
+    meta = {"adawise_embedded_key": doc["key"]}
     hashes = {}
-    for name, model in (("clip", clip), ("zeroshot", zeroshot), ("finetuned", finetuned)):
+    for name, model in models.items():
         save_state_dict(model.state_dict(), tmp / f"{name}.safetensors", meta)
         hashes[name] = weights_hash(model)
-    doc = {"key": key, "code_version": CODE_VERSION, "data_fingerprint": fingerprint, "recipe": recipe.to_dict(),
-           "weights_hash": hashes, "info": info, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (tmp / "recipe.json").write_text(json.dumps(doc, indent=2) + "\n")
+    doc = {**doc, "code_version": CODE_VERSION, "weights_hash": hashes,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (tmp / doc_name).write_text(json.dumps(doc, indent=2) + "\n")
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
 
 
-def _load(directory: Path, recipe: EmbeddedRecipe, key: str
-          ) -> tuple[nn.Module, Callable[[list[str]], Tensor], CLIPClassifier, CLIPClassifier, dict[str, Any]]:
-    """Load and verify a cached world; raises on anything missing, mismatched or corrupt."""
-    missing = [f for f in _FILES if not (directory / f).is_file()]
+def _read_dir(directory: Path, recipe: EmbeddedRecipe, key: str, files: tuple[str, ...], doc_name: str
+              ) -> tuple[nn.Module, Callable[[list[str]], Tensor], dict[str, CLIPClassifier], dict[str, Any]]:
+    """Load and verify a cached directory; raises on anything missing, mismatched or corrupt."""
+    missing = [f for f in files if not (directory / f).is_file()]
     if missing:
         raise FileNotFoundError(f"missing {', '.join(missing)}")
-    doc = json.loads((directory / "recipe.json").read_text())
+    doc = json.loads((directory / doc_name).read_text())
     if doc.get("key") != key:
-        raise ValueError(f"recipe.json is for world {doc.get('key')}, expected {key}")
+        raise ValueError(f"{doc_name} is for {doc.get('key')}, expected {key}")
     clip, tokenizer = _new_clip(recipe)
     clip.load_state_dict(load_checkpoint(directory / "clip.safetensors"))
     head = torch.zeros(len(fashion.CLASS_NAMES), recipe.embed_dim)  # overwritten by the stored head
-    zeroshot = CLIPClassifier(copy.deepcopy(clip.visual), head, 28, MEAN, STD)
-    zeroshot.load_state_dict(load_checkpoint(directory / "zeroshot.safetensors"))
-    finetuned = copy.deepcopy(zeroshot)
-    finetuned.load_state_dict(load_checkpoint(directory / "finetuned.safetensors"))
-    for name, model in (("clip", clip), ("zeroshot", zeroshot), ("finetuned", finetuned)):
+    template = CLIPClassifier(copy.deepcopy(clip.visual), head, 28, MEAN, STD)
+    models: dict[str, CLIPClassifier] = {}
+    roles = [f.removesuffix(".safetensors") for f in files if f.endswith(".safetensors") and f != "clip.safetensors"]
+    for name in roles:
+        models[name] = copy.deepcopy(template)
+        models[name].load_state_dict(load_checkpoint(directory / f"{name}.safetensors"))
+    for name, model in (("clip", clip), *models.items()):
         if weights_hash(model) != doc.get("weights_hash", {}).get(name):
-            raise ValueError(f"{name}.safetensors does not match the hash recorded in recipe.json")
-    return clip.eval(), tokenizer, zeroshot.eval(), finetuned.eval(), doc.get("info", {})
+            raise ValueError(f"{name}.safetensors does not match the hash recorded in {doc_name}")
+    return clip.eval(), tokenizer, {k: m.eval() for k, m in models.items()}, doc
+
+
+def _pretrained(recipe: EmbeddedRecipe, fingerprint: str, splits: dict[str, tuple[Tensor, Tensor]], retrain: bool,
+                progress: bool) -> tuple[nn.Module, CLIPClassifier, dict[str, Any]]:
+    """The pretrained CLIP and zero-shot classifier: from ``cache_root()/pretrained-<key>/`` or trained there."""
+    key = pretrain_key(recipe, fingerprint)
+    directory = cache_root() / f"pretrained-{key}"
+    if not retrain and directory.exists():
+        try:
+            clip, _, models, doc = _read_dir(directory, recipe, key, _PRETRAINED_FILES, "pretrained.json")
+            log.info("pretrained CLIP %s loaded from %s", key, directory)
+            return clip, models["zeroshot"], {**doc.get("info", {}), "key": key, "trained": False}
+        except Exception as err:  # noqa: BLE001 - any defect of the cache means: rebuild it
+            warnings.warn(f"pretrained CLIP cache at {directory} is unusable ({err}); rebuilding it", stacklevel=3)
+    log.info("pretraining the embedded world's CLIP %s (recipe %s) into %s", key, recipe.name, directory)
+    clip, zeroshot, info = _pretrain_stage(recipe, splits, progress)
+    _write_dir(directory, {"clip": clip, "zeroshot": zeroshot},
+               {"key": key, "data_fingerprint": fingerprint, "pretrain_fields": _pretrain_fields(recipe), "info": info},
+               "pretrained.json")
+    return clip, zeroshot, {**info, "key": key, "trained": True}
 
 
 def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.PathLike | None = None,
@@ -331,16 +453,20 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
     """The embedded world: trained on first use (with progress bars), then loaded from the cache.
 
     Args:
-        recipe: ``"full"`` (the demo's), ``"tiny"`` (tests), an :class:`EmbeddedRecipe` or a JSON file.
+        recipe: ``"full"`` (the demo's), ``"tiny"`` (tests), an endpoint name (``"e2e"``, ``"r-adapter"``,
+            ``"drm"``: the full world with that fine-tuned endpoint), ``"tiny:<endpoint>"``, an
+            :class:`EmbeddedRecipe` or a JSON file.
         data: directory of the Fashion-MNIST idx files (default: ``$ADAWISE_FASHION_MNIST`` or the
             Debian package's ``/usr/share/datasets/fashion-mnist``).
-        cache_dir: the world's directory (default: ``cache_root()/embedded-<key>``).
-        retrain: train again even if a valid cache exists.
+        cache_dir: the world's directory (default: ``cache_root()/embedded-<key>``); the shared pretraining
+            is always cached in ``cache_root()/pretrained-<key>``.
+        retrain: train again (pretraining included) even if a valid cache exists.
         progress: show progress bars while training.
 
     Returns:
-        An :class:`EmbeddedWorld` with ``zeroshot``, ``finetuned``, ``test_images``, ``test_labels``,
-        ``class_names``, ``shifts``, ``source_*`` (fine-tuning data) and ``holdout_*``.
+        An :class:`EmbeddedWorld` with ``zeroshot``, ``finetuned`` (the recipe's endpoint), ``test_images``,
+        ``test_labels``, ``class_names``, ``shifts``, ``source_*`` (fine-tuning data) and ``holdout_*``;
+        ``info`` holds the pretraining's and the endpoint's training figures and clean accuracies.
     """
     recipe = EmbeddedRecipe.resolve(recipe)
     root = fashion.find_root(data)
@@ -356,23 +482,30 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
     loaded = None
     if not retrain and directory.exists():
         try:
-            loaded = _load(directory, recipe, key)
+            clip, tokenizer, models, doc = _read_dir(directory, recipe, key, _FILES, "recipe.json")
+            loaded = (clip, tokenizer, models["zeroshot"], models["finetuned"], doc.get("info", {}))
             log.info("embedded world %s loaded from %s", key, directory)
         except Exception as err:  # noqa: BLE001 - any defect of the cache means: rebuild it
             warnings.warn(f"embedded world cache at {directory} is unusable ({err}); rebuilding it", stacklevel=2)
     if loaded is None:
-        log.info("training the embedded world %s (recipe %s) into %s", key, recipe.name, directory)
-        clip, zeroshot, finetuned, info = _train(recipe, splits, progress)
+        clip, zeroshot, pre_info = _pretrained(recipe, fingerprint, splits, retrain, progress)
+        log.info("fine-tuning the embedded world %s (recipe %s, endpoint %s) into %s", key, recipe.name,
+                 recipe.endpoint, directory)
+        finetuned, ft_info = _finetune_stage(recipe, clip, zeroshot, splits, progress)
+        pretrained_trained, pretrained_key = pre_info.pop("trained"), pre_info.pop("key")
+        info = {**pre_info, "pretrained_key": pretrained_key, **ft_info}
         info["clean_accuracy"] = {"zeroshot": round(_accuracy(zeroshot, _grey3(test_x), test_y), 4),
                                   "finetuned": round(_accuracy(finetuned, _grey3(test_x), test_y), 4)}
-        _save(directory, recipe, key, fingerprint, clip, zeroshot, finetuned, info)
+        _write_dir(directory, {"clip": clip, "zeroshot": zeroshot, "finetuned": finetuned},
+                   {"key": key, "data_fingerprint": fingerprint, "recipe": recipe.to_dict(), "info": info},
+                   "recipe.json")
         tokenizer = _new_clip(recipe)[1]
-        info["trained"] = True
+        info = {**info, "trained": True, "pretrained_trained": pretrained_trained}
     else:
         clip, tokenizer, zeroshot, finetuned, info = loaded
-        info = {**info, "trained": False}
+        info = {**info, "trained": False, "pretrained_trained": False}
     for model, role in ((zeroshot, "zeroshot"), (finetuned, "finetuned")):
-        model.provenance = {"source": "embedded", "role": role, "world": key,
+        model.provenance = {"source": "embedded", "role": role, "world": key, "endpoint": recipe.endpoint,
                             "path": str(directory / f"{role}.safetensors")}
         model.requires_grad_(False)
     return EmbeddedWorld(

@@ -4,10 +4,13 @@ Pretraining follows CLIP (Radford et al., 2021; open_clip's ``ClipLoss``): every
 a caption, images and captions are embedded by the two towers and a symmetric InfoNCE loss pulls each
 pair together. Like web data, the pretraining set is broad and noisy: each image goes through a random
 mix of augmentations (affine, inversion, blur, contrast, brightness, noise) and its caption describes
-one of the styles it received ("a blurry photo of a coat.") or is generic ("a photo of a coat."), and
-some captions name the wrong class. Fine-tuning follows wise-ft: the image tower plus a linear head
-initialised from the zero-shot head, trained end to end with cross-entropy on clean images (AdamW,
-cosine schedule with warm-up).
+one of the styles it received ("a blurry photo of a coat."), is generic ("a photo of a coat.") or
+describes the defining features of its class (:data:`CORE_DESCRIPTIONS`, written by hand: "long sleeves,
+front zip or buttons, collar.", with or without the class name), and some captions name the wrong class.
+Fine-tuning follows wise-ft: the image tower plus a linear head initialised from the zero-shot head,
+trained end to end with cross-entropy on clean images (AdamW, cosine schedule with warm-up). Every stage
+runs the same loop (:func:`train_epochs`); the robust endpoints (:mod:`adawise.models.r_adapter`,
+:mod:`adawise.models.drm`) reuse it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["GENERIC_TEMPLATES", "STYLE_TEMPLATES", "ALL_TEMPLATES", "augment_with_captions", "pretrain", "finetune"]
+__all__ = ["GENERIC_TEMPLATES", "STYLE_TEMPLATES", "ALL_TEMPLATES", "CORE_DESCRIPTIONS", "description_caption",
+           "augment_with_captions", "pretrain", "finetune", "train_epochs", "split_decay"]
 
 GENERIC_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.", "a photo of the {}.", "a picture of a {}.", "an image of a {}.",
@@ -39,6 +43,27 @@ STYLE_TEMPLATES: dict[str, tuple[str, ...]] = {
 #: the zero-shot head's templates: every caption template pretraining used
 ALL_TEMPLATES: tuple[str, ...] = GENERIC_TEMPLATES + tuple(t for ts in STYLE_TEMPLATES.values() for t in ts)
 _STYLES = tuple(STYLE_TEMPLATES)
+#: the defining ("core") visual features of each Fashion-MNIST class, written by hand for this project (not
+#: LLM-generated as in DRM); short enough that "<class>: <description>." fits the 16-token text context.
+#: Pretraining captions use them (``p_description_caption``) and DRM's core-feature head is built from them.
+CORE_DESCRIPTIONS: dict[str, str] = {
+    "t-shirt": "short sleeves, round neck, plain top",
+    "trouser": "two long legs and a waistband",
+    "pullover": "long knitted sleeves, no buttons",
+    "dress": "one piece, fitted top, flared skirt",
+    "coat": "long sleeves, front zip or buttons, collar",
+    "sandal": "open shoe of thin straps, flat sole",
+    "shirt": "collar, buttons down the front, sleeves",
+    "sneaker": "low sports shoe, laces, rubber sole",
+    "bag": "carrying case with handles or strap",
+    "ankle boot": "closed shoe above the ankle, heel",
+}
+
+
+def description_caption(class_name: str, with_name: bool) -> str:
+    """The core-feature caption of a class: ``"<description>."`` or ``"<class>: <description>."``."""
+    description = CORE_DESCRIPTIONS[class_name]
+    return f"{class_name}: {description}." if with_name else f"{description}."
 
 
 def _uniform(gen: torch.Generator, n: int, low: float, high: float) -> Tensor:
@@ -65,7 +90,7 @@ def augment_with_captions(images: Tensor, labels: Tensor, class_names: Sequence[
     Args:
         images: [B, 1, H, W] in [0, 1]; labels: [B].
         recipe: an :class:`~adawise.models.embedded.EmbeddedRecipe` (augmentation probabilities and
-            strengths, ``caption_noise``).
+            strengths, ``caption_noise``, ``p_generic_caption``, ``p_description_caption``).
         gen: the CPU generator that makes the whole draw reproducible.
 
     Returns:
@@ -121,6 +146,9 @@ def augment_with_captions(images: Tensor, labels: Tensor, class_names: Sequence[
         if wrong[i]:
             label = int(other[i]) + (int(other[i]) >= label)  # a different class, uniformly
         styles = applied[i].nonzero().flatten().tolist()
+        if picks[i, 0] < recipe.p_description_caption:  # taken from the generic share (validated <= it)
+            captions.append(description_caption(class_names[label], with_name=bool(picks[i, 1] < 0.5)))
+            continue
         if styles and picks[i, 0] >= recipe.p_generic_caption:
             pool = STYLE_TEMPLATES[_STYLES[styles[int(picks[i, 1] * len(styles)) % len(styles)]]]
         else:
@@ -144,12 +172,53 @@ def _optimizer(params: Any, lr: float, weight_decay: float, total: int, warmup: 
     return opt, sched
 
 
-def _split_decay(model: nn.Module) -> list[dict[str, Any]]:
+def split_decay(model: nn.Module) -> list[dict[str, Any]]:
     """Weight decay on matrices only (not on norms, biases, embeddings' positions, logit scale)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "positional" not in name and "embedding" not in name else no_decay).append(p)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_epochs(params: Any, n: int, epochs: int, batch: int, lr: float, weight_decay: float,
+                 gen: torch.Generator, step: Callable[[Tensor], Tensor], desc: str, progress: bool = True,
+                 after_step: Callable[[], None] | None = None,
+                 postfix: Callable[[Tensor], dict[str, str]] | None = None) -> list[float]:
+    """The training loop every stage shares: AdamW, cosine schedule with 5% linear warm-up, shuffled epochs.
+
+    Args:
+        params: parameters or parameter groups for AdamW (e.g. :func:`split_decay`).
+        n: number of training samples; each epoch draws a permutation of ``range(n)`` from ``gen`` and
+            runs ``n // batch`` steps (the last partial batch is dropped).
+        step: maps the batch's sample indices to the loss (a scalar with a graph).
+        after_step: called after each optimiser step (clamping, an EMA update).
+        postfix: the progress bar's extra fields from the loss.
+
+    Returns:
+        The mean loss of each epoch.
+    """
+    steps_per_epoch = n // batch
+    total = steps_per_epoch * epochs
+    opt, sched = _optimizer(params, lr, weight_decay, total, max(1, int(0.05 * total)))
+    losses: list[float] = []
+    bar = tqdm(total=total, desc=desc, disable=not progress, unit="step")
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        running = 0.0
+        for s in range(steps_per_epoch):
+            loss = step(order[s * batch : (s + 1) * batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step()
+            running += float(loss.detach())
+            bar.update(1)
+            bar.set_postfix(postfix(loss) if postfix is not None else {"loss": f"{float(loss.detach()):.3f}"})
+        losses.append(running / max(1, steps_per_epoch))
+    bar.close()
+    return losses
 
 
 def pretrain(clip_model: nn.Module, tokenizer: Callable[[list[str]], Tensor], images: Tensor, labels: Tensor,
@@ -162,34 +231,24 @@ def pretrain(clip_model: nn.Module, tokenizer: Callable[[list[str]], Tensor], im
     from open_clip import ClipLoss
 
     gen = torch.Generator().manual_seed(recipe.seed)
-    n, bs = len(images), recipe.pretrain_batch
-    steps_per_epoch = n // bs
-    total = steps_per_epoch * recipe.pretrain_epochs
-    opt, sched = _optimizer(_split_decay(clip_model), recipe.pretrain_lr, recipe.weight_decay, total,
-                            max(1, int(0.05 * total)))
     loss_fn = ClipLoss()
+    scale_now = [0.0]
+
+    def step(idx: Tensor) -> Tensor:
+        x, captions = augment_with_captions(images[idx], labels[idx], class_names, recipe, gen)
+        image_features, text_features, scale = clip_model(normalize(x.expand(-1, 3, -1, -1)), tokenizer(captions))
+        scale_now[0] = float(scale.detach())
+        return loss_fn(image_features, text_features, scale)
+
+    def clamp() -> None:
+        with torch.no_grad():
+            clip_model.logit_scale.clamp_(0, math.log(100))
+
     clip_model.train()
-    losses: list[float] = []
-    bar = tqdm(total=total, desc="pretrain (contrastive)", disable=not progress, unit="step")
-    for _ in range(recipe.pretrain_epochs):
-        order = torch.randperm(n, generator=gen)
-        running = 0.0
-        for s in range(steps_per_epoch):
-            idx = order[s * bs : (s + 1) * bs]
-            x, captions = augment_with_captions(images[idx], labels[idx], class_names, recipe, gen)
-            image_features, text_features, scale = clip_model(normalize(x.expand(-1, 3, -1, -1)), tokenizer(captions))
-            loss = loss_fn(image_features, text_features, scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                clip_model.logit_scale.clamp_(0, math.log(100))
-            running += float(loss.detach())
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", scale=f"{float(scale.detach()):.1f}")
-        losses.append(running / max(1, steps_per_epoch))
-    bar.close()
+    losses = train_epochs(split_decay(clip_model), len(images), recipe.pretrain_epochs, recipe.pretrain_batch,
+                          recipe.pretrain_lr, recipe.weight_decay, gen, step, "pretrain (contrastive)", progress,
+                          after_step=clamp,
+                          postfix=lambda loss: {"loss": f"{float(loss.detach()):.3f}", "scale": f"{scale_now[0]:.1f}"})
     clip_model.eval()
     return losses
 
@@ -200,28 +259,10 @@ def finetune(classifier: nn.Module, images: Tensor, labels: Tensor, recipe: Any,
     Returns the per-epoch mean loss.
     """
     gen = torch.Generator().manual_seed(recipe.seed + 1)
-    n, bs = len(images), recipe.finetune_batch
-    steps_per_epoch = n // bs
-    total = steps_per_epoch * recipe.finetune_epochs
-    opt, sched = _optimizer(_split_decay(classifier), recipe.finetune_lr, recipe.weight_decay, total,
-                            max(1, int(0.05 * total)))
     classifier.train()
-    losses: list[float] = []
-    bar = tqdm(total=total, desc="fine-tune (clean)", disable=not progress, unit="step")
-    for _ in range(recipe.finetune_epochs):
-        order = torch.randperm(n, generator=gen)
-        running = 0.0
-        for s in range(steps_per_epoch):
-            idx = order[s * bs : (s + 1) * bs]
-            loss = F.cross_entropy(classifier(images[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += float(loss.detach())
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        losses.append(running / max(1, steps_per_epoch))
-    bar.close()
+    losses = train_epochs(split_decay(classifier), len(images), recipe.finetune_epochs, recipe.finetune_batch,
+                          recipe.finetune_lr, recipe.weight_decay, gen,
+                          lambda idx: F.cross_entropy(classifier(images[idx]), labels[idx]), "fine-tune (clean)",
+                          progress)
     classifier.eval()
     return losses
