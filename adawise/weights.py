@@ -118,6 +118,21 @@ def _casts_on_store(master: Tensor, dtype: torch.dtype) -> bool:
     return bool(torch.equal(out, torch.lerp(a, b, 0.37).to(dtype)))
 
 
+@torch.no_grad()
+def _pack(master: Tensor, entries: list[tuple[str, Tensor]], values: Mapping[str, Tensor]
+          ) -> list[tuple[str, Tensor]]:
+    """Copy ``values[key]`` of every entry, in order, into consecutive slices of the flat ``master``;
+    returns each key with its slice, shaped like the entry."""
+    views, offset = [], 0
+    for key, tensor in entries:
+        n = tensor.numel()
+        view = master[offset : offset + n].view(tensor.shape)
+        view.copy_(values[key])
+        views.append((key, view))
+        offset += n
+    return views
+
+
 def _flat_base(tensors: list[Tensor], total: int, dtype: torch.dtype) -> Tensor | None:
     """The flat buffer behind ``tensors`` if they already lie in it back to back, in order, from
     offset 0 and fill it exactly (e.g. the endpoints of an earlier sharing WeightSpace); else None."""
@@ -236,22 +251,11 @@ class WeightSpace:
             if base is not None:
                 return base, True
             master = torch.empty(total, dtype=self.master_dtype, device=device)
-            offset = 0
-            with torch.no_grad():
-                for key, tensor in entries:
-                    n = tensor.numel()
-                    view = master[offset : offset + n].view(tensor.shape)
-                    view.copy_(lender.tensors[key])
-                    lender.rebind(key, view)
-                    offset += n
+            for key, view in _pack(master, entries, lender.tensors):
+                lender.rebind(key, view)  # the endpoint now reads its values from the master
             return master, True
         master = torch.empty(total, dtype=self.master_dtype, device=device)
-        offset = 0
-        with torch.no_grad():
-            for key, tensor in entries:
-                n = tensor.numel()
-                master[offset : offset + n].copy_(theta[key].reshape(-1))
-                offset += n
+        _pack(master, entries, theta)
         return master, False
 
     def _build_group(

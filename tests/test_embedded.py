@@ -13,18 +13,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from fashion_data import needs_data  # tests/ is on sys.path under pytest
 
 from streams import fashion
 from streams.shifts import DEFAULT_DOMAINS, SHIFTS, apply_shift, get_shift
-
-try:
-    fashion.find_root()
-    HAVE_DATA = True
-except fashion.FashionMNISTError:
-    HAVE_DATA = False
-needs_data = pytest.mark.skipif(
-    not HAVE_DATA, reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)"
-)
 
 
 @pytest.fixture(scope="module")
