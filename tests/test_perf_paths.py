@@ -280,12 +280,12 @@ def test_probes_back_off_while_they_lose_and_reset_on_a_search() -> None:
 
     zs, ft = pair(0.7)
     xs = batches(40, b=64)
-    engine = AdaWiSE(zs, ft, probe_backoff=2.0)
+    engine = AdaWiSE(zs, ft, probe_backoff=2.0, probe_every=2)
     modes = []
     for x in xs:
         engine(x)
         modes.append(engine.info["mode"])
-    fixed = AdaWiSE(zs, ft)  # both presets: a fixed interval
+    fixed = AdaWiSE(zs, ft, probe_every=2)  # both presets: a fixed interval
     fixed_modes = []
     for x in xs:
         fixed(x)
@@ -297,6 +297,27 @@ def test_probes_back_off_while_they_lose_and_reset_on_a_search() -> None:
     assert engine.info["mode"] == "search" and engine._s.probe_interval == 2.0
     with pytest.raises(ValueError, match="probe_backoff"):
         AdaWiSE(zs, ft, probe_backoff=0.5)
+
+
+def test_probe_every_auto_probes_every_batch_on_cpu_and_every_second_on_cuda(monkeypatch) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_adawise import batches, pair
+
+    zs, ft = pair(0.7)
+    xs = batches(12, b=64)
+    engine = AdaWiSE(zs, ft)
+    assert engine.opts["probe_every"] == "auto" and engine.probe_every() == 1
+    modes = []
+    for x in xs:
+        engine(x)
+        modes.append(engine.info["mode"])
+    warm = [m for m in modes if m != "search"]
+    assert warm and all(m == "probe" for m in warm)  # CPU: every warm batch probes
+    monkeypatch.setattr(engine.evaluator, "device", torch.device("cuda", 0))  # only read by probe_every()
+    assert engine.probe_every() == 2
+    assert AdaWiSE(zs, ft, probe_every=3).probe_every() == 3
+    with pytest.raises(ValueError, match="probe_every"):
+        AdaWiSE(zs, ft, probe_every=0)
 
 
 # ------------------------------------------------------------------------------------ benchmark JSON
