@@ -18,8 +18,23 @@ augmentation, "fine-tuned" on clean data; the best α moves with its shifts) and
 (``adawise.load_embedded()``). Quality runs on ``--world``, cost on ``--cost-world``.
 Times are process CPU time (steady when other processes share the machine).
 
-Measured (2 shared CPU cores, one torch thread, process CPU time; ``--batches-per-domain 8
---cost-batches 30``; an H200 row from ``--cost-world vitb16 --device cuda --amp bf16``):
+Measured on the embedded world (2 shared CPU cores, one torch thread, process CPU time;
+``python benchmarks/bench_presets.py --embedded --batches-per-domain 6 --grid-step 0.05``, 126
+quality batches, 630 cost batches; fast probes every batch on a CPU; JSON in
+``benchmarks/results/presets_embedded_cpu.json``):
+
+=========================  ==========  ==========  ========================  =============  ==========
+embedded world              acc. diff   mean |da|   within 2% (fast / faith.)  passes (fast)  cost (fast)
+=========================  ==========  ==========  ========================  =============  ==========
+entropy                     +0.10 pt    0.024       0.92 / 1.00               2.06           1.70x
+infomax                     -0.46 pt    0.063       0.90 / 1.00               2.09           1.77x
+anchored                    +0.32 pt    0.053       0.92 / 1.00               3.05           2.74x
+=========================  ==========  ==========  ========================  =============  ==========
+
+(faithful: 14.8x.) Earlier figures on the other worlds, measured with the previous fast settings (a
+probe every second batch, drift warm-up 3; ``--batches-per-domain 8 --cost-batches 30``; an H200 row
+from ``--cost-world vitb16 --device cuda --amp bf16``, where a probe every second batch is still the
+default):
 
 =========================  ==========  ==========  ========================  =============
 quality (fast vs faithful)  acc. diff   mean |da|   within 2% (fast / faith.)  passes (fast)
