@@ -14,6 +14,13 @@ loop, logs and tables as every other method, without a second pass; ``wiseft-0.2
 too. The output ensembles ``ose`` and ``dawin`` (registered methods, unchanged) read the two endpoints'
 logits of each batch from it as well. All of these are the logits the registered methods compute on
 their own (same θ(α), same forward), which a test checks; the other methods run their own passes.
+
+``--recipes e2e,r-adapter,drm`` runs all of the above once per fine-tuned endpoint (the ``--recipe`` with
+that endpoint, :data:`adawise.models.embedded.ENDPOINTS`; the zero-shot model is the same), on the same
+stream: e2e writes into ``--out`` exactly what a run without the option writes, every other endpoint writes
+``summary-<endpoint>.json`` into ``--out`` and its logs, table and plots into ``--out/<endpoint>/``. With
+several endpoints :mod:`adawise.demo_endpoints` then compares them (``endpoints.md``, ``endpoints.json``,
+``endpoints.png``).
 """
 
 from __future__ import annotations
@@ -67,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--setting", default="continual", choices=("continual", "reset_each_shift"),
                         help="continual (never reset, the default) or reset_each_shift")
     parser.add_argument("--recipe", default="full", help="world recipe: full (default), tiny, or a JSON file")
+    parser.add_argument("--recipes", default=None,
+                        help="comma-separated fine-tuned endpoints to compare (e2e, r-adapter, drm), each applied to "
+                             "--recipe; e2e writes into --out as without this option, every other endpoint writes "
+                             "summary-<endpoint>.json into --out and its logs, table and plots into --out/<endpoint>/; "
+                             "with several, endpoints.md, endpoints.json and endpoints.png compare them "
+                             "(default: --recipe's own endpoint, e2e unless it names another)")
     parser.add_argument("--data", default=None, help="Fashion-MNIST directory (default: the Debian package's)")
     parser.add_argument("--retrain", action="store_true", help="train the world again even if it is cached")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stream and of the runs")
@@ -206,7 +219,8 @@ def _zsf_index(world: Any, args: argparse.Namespace) -> Any:
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything ``adawise demo`` does; returns the summary that is written to ``summary.json``."""
+    """Everything ``adawise demo`` does; returns the summary that is written to ``summary.json`` (with
+    several ``--recipes``: the combined numbers written to ``endpoints.json``)."""
     threads = torch.get_num_threads()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -216,16 +230,31 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+def _endpoints(args: argparse.Namespace, domains: list[str] | None) -> dict[str, Any] | None:
+    """``--recipes`` as endpoint name -> recipe (the ``--recipe`` with that endpoint), checked before any work;
+    ``None`` without ``--recipes``: the ``--recipe``'s own world, written into ``--out`` as always."""
+    from adawise.models.embedded import ENDPOINTS, EmbeddedRecipe
+
+    if getattr(args, "recipes", None) is None:
+        return None
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENDPOINTS]
+    if unknown or not names or len(set(names)) < len(names):
+        problem = f"unknown endpoints {', '.join(unknown)}" if unknown else "endpoints must be distinct and not empty"
+        raise SystemExit(f"adawise demo: --recipes {args.recipes!r}: {problem}; valid: {', '.join(ENDPOINTS)}")
+    if len(names) > 1 and domains is not None and len(domains) < 2:
+        raise SystemExit("adawise demo: several --recipes are compared on the mean over the shifts: --domains needs "
+                         "at least one shift after the first (in-distribution) domain")
+    try:
+        base = EmbeddedRecipe.resolve(args.recipe)
+    except ValueError as err:
+        raise SystemExit(f"adawise demo: --recipe: {err}") from err
+    return {name: base.with_endpoint(name) for name in names}
+
+
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+    from adawise.methods.ablations import alpha_grid
 
-    from adawise.demo_plots import write_report
-    from adawise.loop import run_stream
-    from adawise.methods.ablations import alpha_grid, sweep_stream
-    from adawise.methods.adawise import AlphaEvaluator
-    from adawise.models.embedded import embedded_stream, load_embedded
-
-    progress = not args.no_progress
     names = args.methods.split(",") if args.methods else [m for m in registered_methods() if "faithful" not in m]
     unknown = sorted(set(names) - set(registered_methods()))
     if unknown:
@@ -233,18 +262,48 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     alphas = alpha_grid(int(args.alphas) if args.alphas.isdigit() else [float(a) for a in args.alphas.split(",")])
     if not {0.0, 1.0} <= set(alphas):
         raise SystemExit(f"adawise demo: the α grid must contain 0 and 1 (the endpoints), got {alphas}")
+    domains = args.domains.split(",") if args.domains else None
+    recipes = _endpoints(args, domains)
     out = Path(args.out)
+    if recipes is None:
+        return _run_world(args, args.recipe, out, out / "summary.json", names, alphas, domains)
+    summaries, files = {}, {}
+    for endpoint, recipe in recipes.items():
+        _say(f"\n=== endpoint {endpoint} ===")
+        files[endpoint] = "summary.json" if endpoint == "e2e" else f"summary-{endpoint}.json"
+        summaries[endpoint] = _run_world(args, recipe, out if endpoint == "e2e" else out / endpoint,
+                                         out / files[endpoint], names, alphas, domains, endpoint=endpoint)
+    if len(summaries) == 1:
+        return next(iter(summaries.values()))
+    from adawise.demo_endpoints import write_endpoints_report
+
+    return write_endpoints_report(out, summaries, files, say=_say)
+
+
+def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: Path, names: list[str],
+               alphas: list[float], domains: list[str] | None, endpoint: str | None = None) -> dict[str, Any]:
+    """The demo on one world: logs, table and plots into ``out``, the summary into ``summary_path``."""
+    from tqdm.auto import tqdm
+
+    from adawise.demo_plots import write_report
+    from adawise.loop import run_stream
+    from adawise.methods.ablations import sweep_stream
+    from adawise.methods.adawise import AlphaEvaluator
+    from adawise.models.embedded import embedded_stream, load_embedded
+
+    progress = not args.no_progress
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     started = t = time.perf_counter()
 
-    world = load_embedded(args.recipe, data=args.data, retrain=args.retrain, progress=progress)
+    world = load_embedded(recipe, data=args.data, retrain=args.retrain, progress=progress)
     seconds["world"] = time.perf_counter() - t
     how = "trained" if world.info.get("trained") else "loaded from cache"
-    _say(f"embedded world {world.key} ({world.recipe.name}) {how} in {seconds['world']:.1f} s: {world.cache_dir}")
+    _say(f"embedded world {world.key} ({world.recipe.name}, endpoint {world.recipe.endpoint}) {how} in "
+         f"{seconds['world']:.1f} s: {world.cache_dir}")
 
     t = time.perf_counter()
-    domains = args.domains.split(",") if args.domains else list(world.domains)
+    domains = domains or list(world.domains)
     stream = embedded_stream(world, domains=domains, order=args.order, per_domain=args.per_domain,
                              batch_size=args.batch_size, seed=args.seed, progress=progress)
     seconds["stream"] = time.perf_counter() - t
@@ -258,7 +317,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     seconds["sweep"] = time.perf_counter() - t
     _say(f"α sweep over {len(sweep.alphas)} αs: {seconds['sweep']:.1f} s")
 
-    config = {k: v for k, v in vars(args).items() if k != "func"} | {"world": world.key}
+    # the run logs' config: the options (--recipes only when given) and the world, with the endpoint if chosen
+    config = {k: v for k, v in vars(args).items() if k != "func" and not (k == "recipes" and v is None)}
+    config |= {"world": world.key} | ({"endpoint": endpoint} if endpoint else {})
     results = {}
     for name in names:
         t = time.perf_counter()
@@ -270,7 +331,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                else " (endpoint logits from the sweep)" if name in _OUTPUT_ENSEMBLES else "")
         _say(f"  {name:18s} {100 * results[name].accuracy:5.1f} %  {seconds[name]:6.1f} s{how}")
     seconds["total"] = time.perf_counter() - started
-    return write_report(out, world, stream, sweep, results, seconds, args, say=_say)
+    return write_report(out, world, stream, sweep, results, seconds, args, say=_say, summary_path=summary_path)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -65,8 +65,10 @@ def _telling_domains(static: Mapping[str, list[float]], entropy: Mapping[str, li
 
 
 def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mapping[str, Any],
-                 seconds: dict[str, float], args: Any, say: Callable[..., None] = print) -> dict[str, Any]:
-    """Print the table and checks; write ``summary.json``, ``table.md`` and the PNG plots into ``out``."""
+                 seconds: dict[str, float], args: Any, say: Callable[..., None] = print,
+                 summary_path: Path | None = None) -> dict[str, Any]:
+    """Print the table and checks; write ``table.md`` and the PNG plots into ``out``, the summary into
+    ``summary_path`` (default ``out/summary.json``)."""
     from adawise.logs import format_table, plot_accuracy, plot_alpha
 
     t0 = time.perf_counter()
@@ -132,9 +134,11 @@ def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mappin
                              if "entropy" in objectives else None)
     seconds["report"] = time.perf_counter() - t0
     seconds["total"] = seconds.get("total", 0.0) + seconds["report"]
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary_path = Path(summary_path or out / "summary.json")
+    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
     say("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
-    say(f"wrote {out}/summary.json, table.md, <method>.jsonl and PNG plots")
+    say(f"wrote {summary_path}" + (f", {out}/" if summary_path.parent != out else ", ")
+        + "table.md, <method>.jsonl and PNG plots")
     return summary
 
 

@@ -101,12 +101,9 @@ def embedded_world(device: torch.device, weights: str) -> dict[str, Any]:
         root = fashion.find_root(None)
         test = fashion.load_split("test", root)
         if weights != "random":
-            train = fashion.load_split("train", root)
-            key = emb.world_key(recipe, emb._data_fingerprint(*train, *test))
-            directory = emb.world_dir(key)
-            if (directory / "recipe.json").is_file():
-                _, _, zs, ft, _ = emb._load(directory, recipe, key)  # loads only: never trains
-                note = f"embedded world {key} (cached weights)"
+            world = emb.load_embedded(recipe, data=root, progress=False, train=False)  # loads only: never trains
+            zs, ft = world.zeroshot, world.finetuned
+            note = f"embedded world {world.key} (cached weights)"
     except Exception as err:  # noqa: BLE001 - any problem with the cache or the data: random weights
         note += f"; cache not used: {type(err).__name__}: {str(err)[:120]}"
         zs = ft = None

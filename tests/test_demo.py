@@ -108,7 +108,10 @@ def test_methods_read_from_the_sweep_match_the_registered_methods(demo_run, monk
 
 
 @pytest.mark.parametrize("option, message", [(["--methods", "nope"], "unknown methods"),
-                                             (["--alphas", "0.2,0.5,1"], "must contain 0 and 1")])
+                                             (["--alphas", "0.2,0.5,1"], "must contain 0 and 1"),
+                                             (["--recipes", "e2e,nope"], "unknown endpoints nope; valid: e2e, "
+                                                                         "r-adapter, drm"),
+                                             (["--recipes", "drm,drm"], "must be distinct")])
 def test_bad_options_are_refused_before_any_work(tmp_path, monkeypatch, option, message):
     from adawise.cli import main
 
@@ -117,3 +120,103 @@ def test_bad_options_are_refused_before_any_work(tmp_path, monkeypatch, option, 
         main(["demo", "--recipe", "tiny", "--out", str(tmp_path / "out"), "--domains", "clean", "--per-domain", "8",
               "--no-progress", *option])
     assert not (tmp_path / "cache").exists()  # refused before the world is built
+
+
+ENDPOINTS = ("e2e", "r-adapter", "drm")
+#: no vrf: the tiny worlds' models are near chance, so VRF's Zero-Shot-Failure set can come out empty
+ENDPOINT_METHODS = "zeroshot,finetuned,wiseft,adawise,adawise-anchored,oracle"
+
+
+@pytest.fixture(scope="module")
+def endpoints_run(demo_run):
+    """``--recipes e2e,r-adapter,drm`` on the tiny world, same stream as ``demo_run`` and its cache (the e2e
+    world and the shared pretraining are reused); returns (out dir, {endpoint: summary}, combined, printed)."""
+    import contextlib
+    import io
+
+    from adawise.cli import main
+
+    root = demo_run[0].parent
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ADAWISE_CACHE", str(root / "cache"))
+    out = root / "endpoints"
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            code = main(["demo", "--recipe", "tiny", "--recipes", ",".join(ENDPOINTS), "--out", str(out),
+                         "--domains", "clean,invert,gaussian_noise", "--per-domain", "48", "--batch-size", "16",
+                         "--methods", ENDPOINT_METHODS, "--no-progress"])
+    finally:
+        mp.undo()
+    assert code == 0
+    summaries = {e: json.loads((out / ("summary.json" if e == "e2e" else f"summary-{e}.json")).read_text())
+                 for e in ENDPOINTS}
+    return out, summaries, json.loads((out / "endpoints.json").read_text()), buf.getvalue()
+
+
+def test_endpoints_write_their_own_files_beside_e2e(endpoints_run):
+    out, summaries, combined, printed = endpoints_run
+    for png in ("endpoints.png", "accuracy.png", "r-adapter/accuracy.png", "drm/objectives_vs_alpha.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, png
+    for where in (out, out / "r-adapter", out / "drm"):  # e2e at the top, the others in their folders
+        assert (where / "table.md").is_file() and (where / "adawise-anchored.jsonl").is_file()
+    assert not (out / "e2e").exists() and not (out / "drm" / "summary.json").exists()
+    for e, s in summaries.items():  # each summary names its endpoint and its world
+        assert s["world"]["recipe"]["endpoint"] == e and s["world"]["recipe"]["name"] == "tiny"
+        assert combined["worlds"][e] == s["world"]["key"]
+        header = json.loads((out / ("" if e == "e2e" else e) / "adawise.jsonl").read_text().splitlines()[0])
+        assert header["config"]["endpoint"] == e and header["config"]["world"] == s["world"]["key"]
+    assert len(set(combined["worlds"].values())) == 3
+    table = (out / "endpoints.md").read_text()
+    assert "| method | e2e clean | e2e shifts | r-adapter clean |" in table and "oracle *" in table
+    assert "best static α" in table and "gain over the endpoint alone" in table
+    assert "Most robust endpoint alone" in printed and "AdaWiSE (anchored)" in printed
+
+
+def test_endpoints_json_holds_the_summaries_numbers(endpoints_run):
+    _, summaries, c, printed = endpoints_run
+    assert c["endpoints"] == list(ENDPOINTS) and c["upper_bounds"] == ["oracle"]
+    assert c["methods"] == ["zeroshot", "finetuned", "wiseft", "best static α", "adawise", "adawise-anchored",
+                            "oracle"]
+    for e, s in summaries.items():
+        assert c["best_static"][e] == s["best_static"]
+        for m, cell in c["accuracy"][e].items():
+            name = s["best_static"] if m == "best static α" else m
+            assert cell == {"clean": s["accuracy"][name]["clean"], "mean_shifts": s["mean_shifts"][name]}
+        alone = s["mean_shifts"]["finetuned"]
+        gains = {m: s["mean_shifts"][m] - alone for m in ("wiseft", "adawise", "adawise-anchored")}
+        assert c["gain_over_endpoint"][e] == gains
+    alone = {e: s["mean_shifts"]["finetuned"] for e, s in summaries.items()}
+    assert c["most_robust_alone"] == max(alone, key=alone.get)
+    for e in ("r-adapter", "drm"):  # the printed text says when an endpoint alone does not beat e2e
+        said = f"{e}'s fine-tuned model alone does not beat the e2e fine-tuned model" in printed
+        assert said == (alone[e] <= alone["e2e"])
+
+
+def test_zeroshot_and_stream_are_the_same_for_every_endpoint(endpoints_run):
+    _, summaries, c, _ = endpoints_run
+    first = summaries["e2e"]
+    for s in summaries.values():
+        assert s["accuracy"]["zeroshot"] == first["accuracy"]["zeroshot"]
+        assert {k: v for k, v in s["stream_spec"].items() if k != "options"} == \
+            {k: v for k, v in first["stream_spec"].items() if k != "options"}
+        assert {k: v for k, v in s["stream_spec"]["options"].items() if k != "world"} == \
+            {k: v for k, v in first["stream_spec"]["options"].items() if k != "world"}
+    assert len({json.dumps(c["accuracy"][e]["zeroshot"]) for e in ENDPOINTS}) == 1
+
+
+def test_e2e_of_several_endpoints_is_the_plain_demo(demo_run, endpoints_run):
+    """e2e writes what a run without --recipes writes: same world, accuracies, sweep and per-batch logs."""
+    plain_out, plain, _ = demo_run
+    out, summaries, _, _ = endpoints_run
+    s = summaries["e2e"]
+    assert s["world"]["key"] == plain["world"]["key"]
+    for key in ("static_accuracy", "oracle_alpha", "objectives_vs_alpha", "best_static", "domains", "alphas"):
+        assert s[key] == plain[key], key
+    for name in ENDPOINT_METHODS.split(","):
+        if name in plain["accuracy"]:
+            assert s["accuracy"][name] == plain["accuracy"][name], name
+            batches = [[r for r in map(json.loads, (where / f"{name}.jsonl").read_text().splitlines())
+                        if r["type"] == "batch"] for where in (out, plain_out)]
+            assert [r["correct"] for r in batches[0]] == [r["correct"] for r in batches[1]], name

@@ -188,6 +188,19 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(world, tmp_path):
 
 
 @needs_data
+def test_load_only_never_trains(world, tmp_path, monkeypatch):
+    from adawise.models.embedded import load_embedded
+
+    monkeypatch.setenv("ADAWISE_CACHE", str(world.cache_dir.parent))
+    loaded = load_embedded("tiny", progress=False, train=False)  # cached: loads
+    assert loaded.info["trained"] is False and loaded.key == world.key
+    monkeypatch.setenv("ADAWISE_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="not cached.*adawise demo"):
+        load_embedded("tiny", progress=False, train=False)
+    assert not list((tmp_path / "empty").glob("pretrained-*"))  # nothing was trained
+
+
+@needs_data
 def test_retrain_forces_training(world):
     from adawise.models.embedded import load_embedded
 

@@ -449,7 +449,7 @@ def _pretrained(recipe: EmbeddedRecipe, fingerprint: str, splits: dict[str, tupl
 
 def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.PathLike | None = None,
                   cache_dir: str | os.PathLike | None = None, retrain: bool = False,
-                  progress: bool = True) -> EmbeddedWorld:
+                  progress: bool = True, train: bool = True) -> EmbeddedWorld:
     """The embedded world: trained on first use (with progress bars), then loaded from the cache.
 
     Args:
@@ -462,6 +462,8 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
             is always cached in ``cache_root()/pretrained-<key>``.
         retrain: train again (pretraining included) even if a valid cache exists.
         progress: show progress bars while training.
+        train: ``False``: load only (benchmarks that must never train); a missing or unusable cache
+            raises :class:`FileNotFoundError` instead of training.
 
     Returns:
         An :class:`EmbeddedWorld` with ``zeroshot``, ``finetuned`` (the recipe's endpoint), ``test_images``,
@@ -487,6 +489,9 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
             log.info("embedded world %s loaded from %s", key, directory)
         except Exception as err:  # noqa: BLE001 - any defect of the cache means: rebuild it
             warnings.warn(f"embedded world cache at {directory} is unusable ({err}); rebuilding it", stacklevel=2)
+    if loaded is None and not train:
+        raise FileNotFoundError(f"embedded world {key} (recipe {recipe.name}, endpoint {recipe.endpoint}) is not "
+                                f"cached in {directory}; build it once with `adawise demo` (or load_embedded())")
     if loaded is None:
         clip, zeroshot, pre_info = _pretrained(recipe, fingerprint, splits, retrain, progress)
         log.info("fine-tuning the embedded world %s (recipe %s, endpoint %s) into %s", key, recipe.name,
