@@ -248,6 +248,10 @@ def test_each_endpoint_loads_into_weight_space_with_the_shared_zeroshot(worlds):
     moved = {k for k in zs if not torch.equal(zs[k], ft[k])}
     assert moved and all(("out_proj" in k or "c_proj" in k or k.startswith("head.")) for k in moved)
     assert "head.weight" in moved
+    # its head speaks at the temperature MPM-NCE trained it at (1 / tau), not at the CLIP's logit scale
+    recipe = out["r-adapter"].recipe
+    norms = out["r-adapter"].finetuned.head.weight.norm(dim=1)
+    torch.testing.assert_close(norms, torch.full_like(norms, 1.0 / recipe.radapter_temperature), rtol=1e-4, atol=0)
 
 
 @needs_data

@@ -129,6 +129,10 @@ class EmbeddedRecipe:
     radapter_temperature: float = 0.01
     radapter_scale: float = 1.0
     radapter_text: bool = True
+    #: the endpoint head's logit scale: "temperature" (1 / radapter_temperature, the scale MPM-NCE trained
+    #: the adapters at) or "clip" (the CLIP's own logit scale, 13.8 here: near-uniform softmax, entropy
+    #: 2.1 nats on clean images, so every entropy-based objective preferred the zero-shot model)
+    radapter_head_scale: str = "temperature"
     # DRM (Li et al., NeurIPS 2024); optimiser and schedule are the e2e fine-tuning's
     drm_lambda: float = 1.0
     drm_beta: float = 0.5
@@ -187,6 +191,8 @@ class EmbeddedRecipe:
         if not 0.0 <= self.p_description_caption <= self.p_generic_caption:
             raise ValueError(f"p_description_caption ({self.p_description_caption}) is taken from the generic "
                              f"captions' share: it must lie in [0, p_generic_caption = {self.p_generic_caption}]")
+        if self.radapter_head_scale not in ("temperature", "clip"):
+            raise ValueError(f"radapter_head_scale must be 'temperature' or 'clip', got {self.radapter_head_scale!r}")
         used = self.pretrain_size + self.finetune_size + self.holdout_size
         if min(self.pretrain_size, self.finetune_size, self.holdout_size) <= 0 or used > 60000:
             raise ValueError(f"recipe {self.name}: pretrain+finetune+holdout sizes must be positive and fit in "

@@ -220,9 +220,13 @@ def radapter_finetune(clip_model: nn.Module, tokenizer: Callable[[list[str]], Te
     for tower in towers:
         merge_adapters(tower, recipe.radapter_scale)
     model.requires_grad_(False)
-    classifier = build_classifier(model, tokenizer, class_names, list(templates))
+    classifier = build_classifier(model, tokenizer, class_names, list(templates))  # x the CLIP's logit scale
+    if recipe.radapter_head_scale == "temperature":  # the scale the adapters were trained at: cos / tau
+        with torch.no_grad():
+            classifier.head.weight.mul_(1.0 / (recipe.radapter_temperature * float(model.logit_scale.exp())))
     info = {"loss": [round(v, 4) for v in losses], "tuned_params": tuned,
             "tuned_fraction": round(tuned / encoder_params, 4),
             "tuned_fraction_of_transformer_blocks": round(tuned / block_params, 4),
-            "adapter_norm": round(update_norm, 4), "scale": recipe.radapter_scale}
+            "adapter_norm": round(update_norm, 4), "scale": recipe.radapter_scale,
+            "head_scale": recipe.radapter_head_scale}
     return classifier, info
