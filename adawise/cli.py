@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 #: subcommand -> (module, one-line help)
@@ -57,7 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = sub.parse_args(argv[1:])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_libraries)
+        # open_clip scripts a helper with torch.jit at import time; torch >= 2.10 warns about it
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     return int(module.main(args) or 0)
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    """Drop INFO chatter that libraries log on the root logger (open_clip: "Parsing tokenizer
+    identifier ..." on every tokenizer); their warnings and errors still show."""
+    return record.levelno > logging.INFO or "open_clip" not in record.pathname
 
 
 if __name__ == "__main__":
