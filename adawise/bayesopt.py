@@ -212,6 +212,20 @@ class BayesOpt1D:
         self._s = copy.deepcopy(self._initial)
         self._gen.set_state(self._s.rng_state)
 
+    def export_state(self) -> tuple[Any, Tensor]:
+        """The search state (observations, hyperparameters, counters; the live object, not a copy)
+        and the generator's RNG state: what :meth:`import_state` takes back."""
+        return self._s, self._gen.get_state()
+
+    def import_state(self, state: Any, rng_state: Tensor) -> None:
+        """Continue from a state :meth:`export_state` or :meth:`initial_state` returned (used as is)."""
+        self._s = state
+        self._gen.set_state(rng_state)
+
+    def initial_state(self) -> tuple[Any, Tensor]:
+        """A fresh copy of the initial state and RNG state (what :meth:`reset` restores)."""
+        return copy.deepcopy(self._initial), self._initial.rng_state.clone()
+
     @property
     def hyperparameters(self) -> dict[str, float]:
         """GP hyperparameters in force (standardised units): lengthscale, noise, constant."""

@@ -32,25 +32,20 @@ import copy
 import sys
 import threading
 from collections.abc import Hashable
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from adawise.methods.adawise import AdaWiSE
+from adawise.methods.adawise import AdaWiSE, SearchState
 from adawise.methods.base import Method
 
 __all__ = ["MultiStreamAdaWiSE", "StreamState", "StreamView", "deep_nbytes"]
 
 
-@dataclass
-class StreamState:
-    """What one stream owns: AdaWiSE's search state, the BO state and the BO generator's RNG state."""
-
-    search: Any  # adawise.methods.adawise._State (α, centre, drift statistics, counters, last info)
-    bo: Any  # adawise.bayesopt._BOState (observations, hyperparameters, fit counters)
-    rng: Tensor  # torch.Generator state of the optimizer (fits draw from it)
+#: what one stream owns: AdaWiSE's search state, the BO state and the BO generator's RNG state
+StreamState = SearchState
 
 
 class MultiStreamAdaWiSE(nn.Module):
@@ -71,24 +66,17 @@ class MultiStreamAdaWiSE(nn.Module):
         self._active: Hashable | None = None  # the stream whose state is in the engine right now
 
     # ------------------------------------------------------------------ state plumbing
-    def _fresh(self) -> StreamState:
-        e = self.engine
-        return StreamState(copy.deepcopy(e._initial), copy.deepcopy(e.bo._initial), e.bo._initial.rng_state.clone())
-
     def _swap_in(self, stream_id: Hashable) -> StreamState:
         state = self._states.get(stream_id)
         if state is None:
-            state = self._states[stream_id] = self._fresh()
-        e = self.engine
-        e._s, e.bo._s = state.search, state.bo
-        e.bo._gen.set_state(state.rng)
+            state = self._states[stream_id] = self.engine.initial_search_state()
+        self.engine.load_search_state(state)
         self._active = stream_id
         return state
 
     def _swap_out(self, state: StreamState) -> None:
-        e = self.engine
-        state.search, state.bo = e._s, e.bo._s  # the step may have replaced them (e.g. a reset)
-        state.rng = e.bo._gen.get_state()
+        now = self.engine.search_state()  # the step may have replaced the objects (e.g. a reset)
+        state.search, state.bo, state.rng = now.search, now.bo, now.rng
 
     # ------------------------------------------------------------------ the API
     @torch.no_grad()
@@ -116,7 +104,7 @@ class MultiStreamAdaWiSE(nn.Module):
     def alpha(self, stream_id: Hashable) -> float:
         """The α whose logits the stream's last call returned (``init_alpha`` for a new stream)."""
         state = self._states.get(stream_id)
-        return float(state.search.alpha) if state is not None else float(self.engine._initial.alpha)
+        return float(state.search.alpha) if state is not None else float(self.engine.opts["init_alpha"])
 
     def info(self, stream_id: Hashable) -> dict[str, Any]:
         """The stream's last per-batch record (see :class:`AdaWiSE`)."""

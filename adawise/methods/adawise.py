@@ -52,7 +52,7 @@ from adawise.methods.registry import register
 from adawise.objectives import NEEDS_ANCHOR, OBJECTIVES, finite_objective
 from adawise.weights import WeightSpace
 
-__all__ = ["AdaWiSE", "AlphaEvaluator", "WeightSpaceMethod", "PRESETS"]
+__all__ = ["AdaWiSE", "AlphaEvaluator", "WeightSpaceMethod", "PRESETS", "SearchState"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,6 +316,20 @@ class _State:
 
 
 @dataclass
+class SearchState:
+    """Everything an :class:`AdaWiSE` search carries from batch to batch, apart from the weights:
+    its own state (α, centre, drift statistics, counters, last ``info``), the optimizer's
+    (observations, hyperparameters, fit counters) and the optimizer generator's RNG state.
+    :meth:`AdaWiSE.search_state` / :meth:`AdaWiSE.load_search_state` move it in and out, so one
+    engine (one live model) can serve many streams (:class:`adawise.multistream.MultiStreamAdaWiSE`).
+    """
+
+    search: _State
+    bo: Any  # adawise.bayesopt's state object
+    rng: Tensor
+
+
+@dataclass
 class _Batch:
     """Evaluations made on the current batch: full-batch passes and sub-batch (probe) passes."""
 
@@ -492,6 +506,21 @@ class AdaWiSE(WeightSpaceMethod):
         if every == "auto":
             return 1 if self.evaluator.device.type == "cpu" else 2
         return int(every)
+
+    def search_state(self) -> SearchState:
+        """The search state in force (live objects, not copies: the next call changes them)."""
+        bo, rng = self.bo.export_state()
+        return SearchState(self._s, bo, rng)
+
+    def load_search_state(self, state: SearchState) -> None:
+        """Continue from ``state`` (used as is, not copied): the next call picks up where it left off."""
+        self._s = state.search
+        self.bo.import_state(state.bo, state.rng)
+
+    def initial_search_state(self) -> SearchState:
+        """A fresh copy of the initial search state (what :meth:`reset` restores)."""
+        bo, rng = self.bo.initial_state()
+        return SearchState(copy.deepcopy(self._initial), bo, rng)
 
     def on_domain(self, domain: str) -> None:
         if self.opts["search_on_domain"] and self._s.batches > 0:
