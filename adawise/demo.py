@@ -268,11 +268,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if recipes is None:
         return _run_world(args, args.recipe, out, out / "summary.json", names, alphas, domains)
     summaries, files = {}, {}
-    for endpoint, recipe in recipes.items():
+    for i, (endpoint, recipe) in enumerate(recipes.items()):
         _say(f"\n=== endpoint {endpoint} ===")
         files[endpoint] = "summary.json" if endpoint == "e2e" else f"summary-{endpoint}.json"
+        # --retrain: the shared pretraining once (with the first endpoint), then each endpoint's fine-tuning
+        retrain = (True if i == 0 else "endpoint") if args.retrain else False
         summaries[endpoint] = _run_world(args, recipe, out if endpoint == "e2e" else out / endpoint,
-                                         out / files[endpoint], names, alphas, domains, endpoint=endpoint)
+                                         out / files[endpoint], names, alphas, domains, endpoint=endpoint,
+                                         retrain=retrain)
     if len(summaries) == 1:
         return next(iter(summaries.values()))
     from adawise.demo_endpoints import write_endpoints_report
@@ -281,7 +284,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: Path, names: list[str],
-               alphas: list[float], domains: list[str] | None, endpoint: str | None = None) -> dict[str, Any]:
+               alphas: list[float], domains: list[str] | None, endpoint: str | None = None,
+               retrain: bool | str | None = None) -> dict[str, Any]:
     """The demo on one world: logs, table and plots into ``out``, the summary into ``summary_path``."""
     from tqdm.auto import tqdm
 
@@ -296,7 +300,8 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
     seconds: dict[str, float] = {}
     started = t = time.perf_counter()
 
-    world = load_embedded(recipe, data=args.data, retrain=args.retrain, progress=progress)
+    retrain = args.retrain if retrain is None else retrain
+    world = load_embedded(recipe, data=args.data, retrain=retrain, progress=progress)
     seconds["world"] = time.perf_counter() - t
     how = "trained" if world.info.get("trained") else "loaded from cache"
     _say(f"embedded world {world.key} ({world.recipe.name}, endpoint {world.recipe.endpoint}) {how} in "

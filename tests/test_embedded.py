@@ -205,7 +205,12 @@ def test_retrain_forces_training(world):
     from adawise.models.embedded import load_embedded
 
     again = load_embedded("tiny", cache_dir=world.cache_dir, retrain=True, progress=False)
-    assert again.info["trained"] is True
+    assert again.info["trained"] is True and again.info["pretrained_trained"] is True
+    endpoint_only = load_embedded("tiny", cache_dir=world.cache_dir, retrain="endpoint", progress=False)
+    assert endpoint_only.info["trained"] is True and endpoint_only.info["pretrained_trained"] is False
+    torch.testing.assert_close(endpoint_only.finetuned.head.weight, world.finetuned.head.weight)  # same recipe
+    with pytest.raises(ValueError, match="retrain"):
+        load_embedded("tiny", cache_dir=world.cache_dir, retrain="everything", progress=False)
 
 
 def test_recipe_resolution_and_validation(tmp_path):

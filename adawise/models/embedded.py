@@ -454,7 +454,7 @@ def _pretrained(recipe: EmbeddedRecipe, fingerprint: str, splits: dict[str, tupl
 
 
 def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.PathLike | None = None,
-                  cache_dir: str | os.PathLike | None = None, retrain: bool = False,
+                  cache_dir: str | os.PathLike | None = None, retrain: bool | str = False,
                   progress: bool = True, train: bool = True) -> EmbeddedWorld:
     """The embedded world: trained on first use (with progress bars), then loaded from the cache.
 
@@ -466,7 +466,8 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
             Debian package's ``/usr/share/datasets/fashion-mnist``).
         cache_dir: the world's directory (default: ``cache_root()/embedded-<key>``); the shared pretraining
             is always cached in ``cache_root()/pretrained-<key>``.
-        retrain: train again (pretraining included) even if a valid cache exists.
+        retrain: ``True``: train again (pretraining included) even if a valid cache exists;
+            ``"endpoint"``: only the fine-tuning stage (the cached pretraining is reused).
         progress: show progress bars while training.
         train: ``False``: load only (benchmarks that must never train); a missing or unusable cache
             raises :class:`FileNotFoundError` instead of training.
@@ -476,6 +477,8 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
         ``test_labels``, ``class_names``, ``shifts``, ``source_*`` (fine-tuning data) and ``holdout_*``;
         ``info`` holds the pretraining's and the endpoint's training figures and clean accuracies.
     """
+    if retrain not in (False, True, "endpoint"):
+        raise ValueError(f"retrain must be True, False or 'endpoint', got {retrain!r}")
     recipe = EmbeddedRecipe.resolve(recipe)
     root = fashion.find_root(data)
     train_x, train_y = fashion.load_split("train", root)
@@ -499,7 +502,7 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
         raise FileNotFoundError(f"embedded world {key} (recipe {recipe.name}, endpoint {recipe.endpoint}) is not "
                                 f"cached in {directory}; build it once with `adawise demo` (or load_embedded())")
     if loaded is None:
-        clip, zeroshot, pre_info = _pretrained(recipe, fingerprint, splits, retrain, progress)
+        clip, zeroshot, pre_info = _pretrained(recipe, fingerprint, splits, retrain is True, progress)
         log.info("fine-tuning the embedded world %s (recipe %s, endpoint %s) into %s", key, recipe.name,
                  recipe.endpoint, directory)
         finetuned, ft_info = _finetune_stage(recipe, clip, zeroshot, splits, progress)
