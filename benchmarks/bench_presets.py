@@ -31,27 +31,25 @@ infomax                     -0.46 pt    0.063       0.90 / 1.00               2.
 anchored                    +0.32 pt    0.053       0.92 / 1.00               3.05           2.74x
 =========================  ==========  ==========  ========================  =============  ==========
 
-(faithful: 14.8x.) Earlier figures on the other worlds, measured with the previous fast settings (a
-probe every second batch, drift warm-up 3; ``--batches-per-domain 8 --cost-batches 30``; an H200 row
-from ``--cost-world vitb16 --device cuda --amp bf16``, where a probe every second batch is still the
-default):
+(faithful: 14.8x.) The other worlds (``--batches-per-domain 8 --cost-batches 30``; JSON in
+``benchmarks/results/presets_default_cpu.json``):
 
 =========================  ==========  ==========  ========================  =============
 quality (fast vs faithful)  acc. diff   mean |da|   within 2% (fast / faith.)  passes (fast)
 =========================  ==========  ==========  ========================  =============
-constructed, entropy        +0.03 pt    0.058       0.98 / 1.00               1.90
-constructed, infomax        +0.81 pt    0.085       0.94 / 1.00               1.82
-constructed, anchored       +0.07 pt    0.048       0.96 / 1.00               2.63
-MLP, entropy                -0.03 pt    0.004       1.00 / 1.00               1.42
-MLP, infomax                -0.06 pt    0.017       1.00 / 1.00               1.23
-MLP, anchored               -0.33 pt    0.028       0.95 / 1.00               2.59
+constructed, entropy        +0.03 pt    0.064       0.92 / 1.00               2.25
+constructed, infomax        +0.13 pt    0.060       0.96 / 1.00               2.03
+constructed, anchored       +0.91 pt    0.090       0.92 / 1.00               2.93
+MLP, entropy                -0.03 pt    0.004       1.00 / 1.00               1.53
+MLP, infomax                +0.22 pt    0.030       1.00 / 1.00               1.48
+MLP, anchored               -0.11 pt    0.016       1.00 / 1.00               3.38
 =========================  ==========  ==========  ========================  =============
 
-Cost per batch of 64 (ratio to plain inference of the same model in the same process): small ViT
-(7.4 ms plain) fast 1.47x entropy / 1.48x infomax / 1.41x anchored, BO share 9-11%; faithful 21x.
-MLP (3.7 ms plain, a merge costs 30% of a pass there: the worst case) fast 1.96-2.19x, BO share
-14-17%; anchored 3.8x (its zero-shot pass). ViT-B/16 on an H200, bf16: plain 10.75 ms, fast
-entropy 1.99x (a 16-row pass costs half a 64-row one on a GPU), faithful 24x.
+Cost per batch (ratio to plain inference of the same model in the same process): small ViT (6.9 ms
+plain) fast 1.69x entropy / 1.94x infomax / 1.89x anchored, BO share 12-14%; faithful 28x. MLP (3.7 ms
+plain, a merge costs 15% of its time: the worst case) fast 3.65x entropy / 2.57x infomax / 5.29x
+anchored, BO share 17-19%. An earlier H200 row (``--cost-world vitb16 --device cuda --amp bf16``, a
+probe every second batch as CUDA still does): plain 10.75 ms, fast entropy 1.99x, faithful 24x.
 
 Usage::
 
