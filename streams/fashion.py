@@ -158,7 +158,9 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
         else:
             images, labels = source.test_images, source.test_labels
             root, world = str(getattr(source, "data_root", data) or ""), getattr(source, "key", None)
-            if cache_dir is None and getattr(source, "cache_dir", None) is not None:
+            if cache_dir is None and getattr(source, "streams_dir", None) is not None:
+                cache_dir = source.streams_dir
+            elif cache_dir is None and getattr(source, "cache_dir", None) is not None:
                 cache_dir = Path(source.cache_dir) / "streams"
         domains = tuple(domains or DEFAULT_DOMAINS)
         for name in domains:

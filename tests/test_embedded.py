@@ -188,6 +188,18 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(world, tmp_path):
 
 
 @needs_data
+def test_shifted_domains_are_cached_once_for_every_endpoint(world, monkeypatch):
+    from adawise.models.embedded import cache_root
+
+    monkeypatch.setenv("ADAWISE_CACHE", str(world.cache_dir.parent))
+    assert world.streams_dir == cache_root() / "streams"  # not inside one world's directory
+    before = set(world.streams_dir.glob("*.safetensors")) if world.streams_dir.exists() else set()
+    stream = world.stream(domains=["clean", "invert"], per_domain=16, batch_size=8)
+    written = set(world.streams_dir.glob("*.safetensors")) - before
+    assert len(stream) == 4 and all(p.name.split("-")[0] in ("clean", "invert") for p in written)
+
+
+@needs_data
 def test_load_only_never_trains(world, tmp_path, monkeypatch):
     from adawise.models.embedded import load_embedded
 

@@ -239,6 +239,9 @@ class EmbeddedWorld:
     cache_dir: Path
     data_root: Path
     info: dict[str, Any] = field(default_factory=dict)
+    #: where the shifted test domains are cached (they depend on the images and the shift, not on the
+    #: weights, so every endpoint's world shares ``cache_root()/streams``)
+    streams_dir: Path | None = None
     id_domain: str = ID_DOMAIN
     domains: tuple[str, ...] = DEFAULT_DOMAINS
 
@@ -529,6 +532,7 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
         source_images=_grey3(splits["finetune"][0]), source_labels=splits["finetune"][1],
         holdout_images=_grey3(splits["holdout"][0]), holdout_labels=splits["holdout"][1],
         shifts=dict(SHIFTS), recipe=recipe, key=key, cache_dir=directory, data_root=root, info=info,
+        streams_dir=cache_root() / "streams" if cache_dir is None else directory / "streams",
     )
 
 
