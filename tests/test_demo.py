@@ -23,27 +23,34 @@ pytestmark = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST not install
 METHODS = "zeroshot,finetuned,wiseft,adawise,adawise-anchored,adawise-grid,oracle,dawin,ose"
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """One tiny demo run through the CLI; returns (out dir, summary, printed output)."""
+def _tiny_demo(root, out, *options: str) -> str:
+    """``adawise demo`` on the tiny world (3 domains x 48 images, batches of 16) with ``ADAWISE_CACHE``
+    under ``root``; returns what it printed."""
     import contextlib
     import io
 
     from adawise.cli import main
 
-    root = tmp_path_factory.mktemp("demo")
     mp = pytest.MonkeyPatch()
     mp.setenv("ADAWISE_CACHE", str(root / "cache"))
-    out = root / "out"
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
             code = main(["demo", "--recipe", "tiny", "--out", str(out), "--domains", "clean,invert,gaussian_noise",
-                         "--per-domain", "48", "--batch-size", "16", "--methods", METHODS, "--no-progress"])
+                         "--per-domain", "48", "--batch-size", "16", "--no-progress", *options])
     finally:
         mp.undo()
     assert code == 0
-    return out, json.loads((out / "summary.json").read_text()), buf.getvalue()
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One tiny demo run through the CLI; returns (out dir, summary, printed output)."""
+    root = tmp_path_factory.mktemp("demo")
+    out = root / "out"
+    printed = _tiny_demo(root, out, "--methods", METHODS)
+    return out, json.loads((out / "summary.json").read_text()), printed
 
 
 def test_summary_has_the_documented_keys(demo_run):
@@ -131,27 +138,12 @@ ENDPOINT_METHODS = "zeroshot,finetuned,wiseft,adawise,adawise-anchored,oracle"
 def endpoints_run(demo_run):
     """``--recipes e2e,r-adapter,drm`` on the tiny world, same stream as ``demo_run`` and its cache (the e2e
     world and the shared pretraining are reused); returns (out dir, {endpoint: summary}, combined, printed)."""
-    import contextlib
-    import io
-
-    from adawise.cli import main
-
     root = demo_run[0].parent
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ADAWISE_CACHE", str(root / "cache"))
     out = root / "endpoints"
-    buf = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf):
-            code = main(["demo", "--recipe", "tiny", "--recipes", ",".join(ENDPOINTS), "--out", str(out),
-                         "--domains", "clean,invert,gaussian_noise", "--per-domain", "48", "--batch-size", "16",
-                         "--methods", ENDPOINT_METHODS, "--no-progress"])
-    finally:
-        mp.undo()
-    assert code == 0
+    printed = _tiny_demo(root, out, "--recipes", ",".join(ENDPOINTS), "--methods", ENDPOINT_METHODS)
     summaries = {e: json.loads((out / ("summary.json" if e == "e2e" else f"summary-{e}.json")).read_text())
                  for e in ENDPOINTS}
-    return out, summaries, json.loads((out / "endpoints.json").read_text()), buf.getvalue()
+    return out, summaries, json.loads((out / "endpoints.json").read_text()), printed
 
 
 def test_endpoints_write_their_own_files_beside_e2e(endpoints_run):
