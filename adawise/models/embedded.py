@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from adawise.models.checkpoints import load_checkpoint, save_state_dict, weights_hash
 from adawise.models.clip import CLIPClassifier, build_classifier, create_clip
-from adawise.models.embedded_train import ALL_TEMPLATES, CORE_DESCRIPTIONS, finetune, pretrain
+from adawise.models.embedded_train import ALL_TEMPLATES, description_caption, finetune, pretrain
 from streams import fashion
 from streams.shifts import DEFAULT_DOMAINS, ID_DOMAIN, SHIFTS, Shift
 
@@ -65,6 +65,7 @@ ENDPOINTS: tuple[str, ...] = ("e2e", "r-adapter", "drm")
 #: fields that only the fine-tuning stage reads (every endpoint), and each endpoint's own fields (by prefix)
 _FINETUNE_FIELDS = ("finetune_size", "holdout_size", "finetune_epochs", "finetune_batch", "finetune_lr")
 _ENDPOINT_PREFIX = {"e2e": None, "r-adapter": "radapter_", "drm": "drm_"}
+Tokenizer = Callable[[list[str]], Tensor]
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ class EmbeddedWorld:
     zeroshot: CLIPClassifier
     finetuned: CLIPClassifier
     clip: nn.Module
-    tokenizer: Callable[[list[str]], Tensor]
+    tokenizer: Tokenizer
     class_names: list[str]
     templates: list[str]
     test_images: Tensor
@@ -313,14 +314,14 @@ def _normalize(x: Tensor) -> Tensor:
     return (x - mean) / std
 
 
-def _new_clip(recipe: EmbeddedRecipe) -> tuple[nn.Module, Callable[[list[str]], Tensor]]:
+def _new_clip(recipe: EmbeddedRecipe) -> tuple[nn.Module, Tokenizer]:
     torch.manual_seed(recipe.seed)
     clip, tokenizer = create_clip(recipe.clip_config())
     clip.visual.image_mean, clip.visual.image_std = MEAN, STD  # read by build_classifier
     return clip, tokenizer
 
 
-def _cached_tokenizer(tokenizer: Callable[[list[str]], Tensor]) -> Callable[[list[str]], Tensor]:
+def _cached_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     memo: dict[str, Tensor] = {}
 
     def tokenize(texts: list[str]) -> Tensor:
@@ -350,7 +351,7 @@ def _threads(n: int) -> Iterator[None]:
 
 
 def _pretrain_stage(recipe: EmbeddedRecipe, splits: dict[str, tuple[Tensor, Tensor]], progress: bool
-                    ) -> tuple[nn.Module, CLIPClassifier, dict[str, Any]]:
+                    ) -> tuple[nn.Module, Tokenizer, CLIPClassifier, dict[str, Any]]:
     clip, tokenizer = _new_clip(recipe)
     names = list(fashion.CLASS_NAMES)
     pre_x, pre_y = splits["pretrain"]
@@ -361,10 +362,10 @@ def _pretrain_stage(recipe: EmbeddedRecipe, splits: dict[str, tuple[Tensor, Tens
         zeroshot = build_classifier(clip, tokenizer, names, list(ALL_TEMPLATES))
     info = {"pretrain_seconds": round(time.perf_counter() - t0, 1), "pretrain_loss": [round(v, 4) for v in losses],
             "threads": recipe.train_threads, "cpus": os.cpu_count()}
-    return clip, zeroshot, info
+    return clip, tokenizer, zeroshot, info
 
 
-def _finetune_stage(recipe: EmbeddedRecipe, clip: nn.Module, zeroshot: CLIPClassifier,
+def _finetune_stage(recipe: EmbeddedRecipe, clip: nn.Module, tokenizer: Tokenizer, zeroshot: CLIPClassifier,
                     splits: dict[str, tuple[Tensor, Tensor]], progress: bool
                     ) -> tuple[CLIPClassifier, dict[str, Any]]:
     """The recipe's endpoint from the pretrained CLIP and its zero-shot classifier (neither is modified)."""
@@ -379,14 +380,13 @@ def _finetune_stage(recipe: EmbeddedRecipe, clip: nn.Module, zeroshot: CLIPClass
         elif recipe.endpoint == "r-adapter":
             from adawise.models.r_adapter import radapter_finetune
 
-            tokenizer = _cached_tokenizer(_new_clip(recipe)[1])
-            finetuned, endpoint_info = radapter_finetune(clip, tokenizer, fashion.to_float(ft_x), ft_y, names,
-                                                         list(ALL_TEMPLATES), _normalize, recipe, progress)
+            finetuned, endpoint_info = radapter_finetune(clip, _cached_tokenizer(tokenizer), fashion.to_float(ft_x),
+                                                         ft_y, names, list(ALL_TEMPLATES), _normalize, recipe, progress)
             losses = endpoint_info.pop("loss")
         else:
             from adawise.models.drm import core_feature_head, drm_finetune
 
-            core = core_feature_head(clip, _new_clip(recipe)[1], [CORE_DESCRIPTIONS[n] + "." for n in names])
+            core = core_feature_head(clip, tokenizer, [description_caption(n, with_name=False) for n in names])
             finetuned, endpoint_info = drm_finetune(zeroshot, core, _grey3(ft_x), ft_y, recipe, progress)
             losses = endpoint_info.pop("loss")
     info = {"endpoint": recipe.endpoint, "finetune_seconds": round(time.perf_counter() - t0, 1),
@@ -413,7 +413,7 @@ def _write_dir(directory: Path, models: dict[str, nn.Module], doc: dict[str, Any
 
 
 def _read_dir(directory: Path, recipe: EmbeddedRecipe, key: str, files: tuple[str, ...], doc_name: str
-              ) -> tuple[nn.Module, Callable[[list[str]], Tensor], dict[str, CLIPClassifier], dict[str, Any]]:
+              ) -> tuple[nn.Module, Tokenizer, dict[str, CLIPClassifier], dict[str, Any]]:
     """Load and verify a cached directory; raises on anything missing, mismatched or corrupt."""
     missing = [f for f in files if not (directory / f).is_file()]
     if missing:
@@ -437,23 +437,23 @@ def _read_dir(directory: Path, recipe: EmbeddedRecipe, key: str, files: tuple[st
 
 
 def _pretrained(recipe: EmbeddedRecipe, fingerprint: str, splits: dict[str, tuple[Tensor, Tensor]], retrain: bool,
-                progress: bool) -> tuple[nn.Module, CLIPClassifier, dict[str, Any]]:
+                progress: bool) -> tuple[nn.Module, Tokenizer, CLIPClassifier, dict[str, Any]]:
     """The pretrained CLIP and zero-shot classifier: from ``cache_root()/pretrained-<key>/`` or trained there."""
     key = pretrain_key(recipe, fingerprint)
     directory = cache_root() / f"pretrained-{key}"
     if not retrain and directory.exists():
         try:
-            clip, _, models, doc = _read_dir(directory, recipe, key, _PRETRAINED_FILES, "pretrained.json")
+            clip, tokenizer, models, doc = _read_dir(directory, recipe, key, _PRETRAINED_FILES, "pretrained.json")
             log.info("pretrained CLIP %s loaded from %s", key, directory)
-            return clip, models["zeroshot"], {**doc.get("info", {}), "key": key, "trained": False}
+            return clip, tokenizer, models["zeroshot"], {**doc.get("info", {}), "key": key, "trained": False}
         except Exception as err:  # noqa: BLE001 - any defect of the cache means: rebuild it
             warnings.warn(f"pretrained CLIP cache at {directory} is unusable ({err}); rebuilding it", stacklevel=3)
     log.info("pretraining the embedded world's CLIP %s (recipe %s) into %s", key, recipe.name, directory)
-    clip, zeroshot, info = _pretrain_stage(recipe, splits, progress)
+    clip, tokenizer, zeroshot, info = _pretrain_stage(recipe, splits, progress)
     _write_dir(directory, {"clip": clip, "zeroshot": zeroshot},
                {"key": key, "data_fingerprint": fingerprint, "pretrain_fields": _pretrain_fields(recipe), "info": info},
                "pretrained.json")
-    return clip, zeroshot, {**info, "key": key, "trained": True}
+    return clip, tokenizer, zeroshot, {**info, "key": key, "trained": True}
 
 
 def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.PathLike | None = None,
@@ -505,10 +505,10 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
         raise FileNotFoundError(f"embedded world {key} (recipe {recipe.name}, endpoint {recipe.endpoint}) is not "
                                 f"cached in {directory}; build it once with `adawise demo` (or load_embedded())")
     if loaded is None:
-        clip, zeroshot, pre_info = _pretrained(recipe, fingerprint, splits, retrain is True, progress)
+        clip, tokenizer, zeroshot, pre_info = _pretrained(recipe, fingerprint, splits, retrain is True, progress)
         log.info("fine-tuning the embedded world %s (recipe %s, endpoint %s) into %s", key, recipe.name,
                  recipe.endpoint, directory)
-        finetuned, ft_info = _finetune_stage(recipe, clip, zeroshot, splits, progress)
+        finetuned, ft_info = _finetune_stage(recipe, clip, tokenizer, zeroshot, splits, progress)
         pretrained_trained, pretrained_key = pre_info.pop("trained"), pre_info.pop("key")
         info = {**pre_info, "pretrained_key": pretrained_key, **ft_info}
         info["clean_accuracy"] = {"zeroshot": round(_accuracy(zeroshot, _grey3(test_x), test_y), 4),
@@ -516,7 +516,6 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
         _write_dir(directory, {"clip": clip, "zeroshot": zeroshot, "finetuned": finetuned},
                    {"key": key, "data_fingerprint": fingerprint, "recipe": recipe.to_dict(), "info": info},
                    "recipe.json")
-        tokenizer = _new_clip(recipe)[1]
         info = {**info, "trained": True, "pretrained_trained": pretrained_trained}
     else:
         clip, tokenizer, zeroshot, finetuned, info = loaded
