@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from adawise.models.clip import CLIPClassifier, build_classifier, encode_text
 from adawise.models.embedded_train import train_epochs
 
-__all__ = ["LinearAdapter", "AdapterEMA", "add_adapters", "adapters_of", "merge_adapters", "mpm_nce_loss",
+__all__ = ["LinearAdapter", "AdapterEMA", "add_adapters", "merge_adapters", "mpm_nce_loss",
            "radapter_finetune"]
 
 
@@ -72,6 +72,12 @@ def _blocks(transformer: nn.Module) -> list[nn.Module]:
     return list(blocks)
 
 
+def _sites(transformer: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """Where the adapters go: (block, ``ls_1``, attention ``out_proj``) and (block, ``ls_2``, MLP ``c_proj``)."""
+    return [(block, name, linear) for block in _blocks(transformer)
+            for name, linear in (("ls_1", block.attn.out_proj), ("ls_2", block.mlp.c_proj))]
+
+
 def add_adapters(transformer: nn.Module, drop: float = 0.0, generator: torch.Generator | None = None
                  ) -> list[LinearAdapter]:
     """Put a :class:`LinearAdapter` after the attention and after the MLP of every block (in place).
@@ -81,20 +87,14 @@ def add_adapters(transformer: nn.Module, drop: float = 0.0, generator: torch.Gen
     Returns the adapters, two per block.
     """
     adapters = []
-    for block in _blocks(transformer):
-        for name, linear in (("ls_1", block.attn.out_proj), ("ls_2", block.mlp.c_proj)):
-            if not isinstance(getattr(block, name), nn.Identity):
-                raise TypeError(f"block.{name} is {type(getattr(block, name)).__name__}, not an identity; "
-                                "layer-scale blocks are not supported")
-            adapter = LinearAdapter(linear.out_features, drop, generator)
-            setattr(block, name, adapter)
-            adapters.append(adapter)
+    for block, name, linear in _sites(transformer):
+        if not isinstance(getattr(block, name), nn.Identity):
+            raise TypeError(f"block.{name} is {type(getattr(block, name)).__name__}, not an identity; "
+                            "layer-scale blocks are not supported")
+        adapter = LinearAdapter(linear.out_features, drop, generator)
+        setattr(block, name, adapter)
+        adapters.append(adapter)
     return adapters
-
-
-def adapters_of(module: nn.Module) -> list[LinearAdapter]:
-    """Every :class:`LinearAdapter` inside ``module``, in module order."""
-    return [m for m in module.modules() if isinstance(m, LinearAdapter)]
 
 
 @torch.no_grad()
@@ -105,17 +105,16 @@ def merge_adapters(transformer: nn.Module, scale: float = 1.0) -> None:
     ``ls_1``) and the MLP ``c_proj`` (adapter in ``ls_2``); computed in float64. ``scale`` is R-Adapter's
     inference re-scaling: 1 keeps the tuned model, 0 gives back the pre-trained weights exactly.
     """
-    for block in _blocks(transformer):
-        for name, linear in (("ls_1", block.attn.out_proj), ("ls_2", block.mlp.c_proj)):
-            adapter = getattr(block, name)
-            if not isinstance(adapter, LinearAdapter):
-                continue
-            a = adapter.weight.double() * float(scale)
-            eye = torch.eye(a.shape[0], dtype=torch.float64)
-            linear.weight.copy_(((eye + a) @ linear.weight.double()).to(linear.weight.dtype))
-            if linear.bias is not None:
-                linear.bias.copy_(((eye + a) @ linear.bias.double()).to(linear.bias.dtype))
-            setattr(block, name, nn.Identity())
+    for block, name, linear in _sites(transformer):
+        adapter = getattr(block, name)
+        if not isinstance(adapter, LinearAdapter):
+            continue
+        a = adapter.weight.double() * float(scale)
+        eye = torch.eye(a.shape[0], dtype=torch.float64)
+        linear.weight.copy_(((eye + a) @ linear.weight.double()).to(linear.weight.dtype))
+        if linear.bias is not None:
+            linear.bias.copy_(((eye + a) @ linear.bias.double()).to(linear.bias.dtype))
+        setattr(block, name, nn.Identity())
 
 
 class AdapterEMA:
