@@ -266,7 +266,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     recipes = _endpoints(args, domains)
     out = Path(args.out)
     if recipes is None:
-        return _run_world(args, args.recipe, out, out / "summary.json", names, alphas, domains)
+        return _run_world(args, args.recipe, out, out / "summary.json", names, alphas, domains, retrain=args.retrain)
     summaries, files = {}, {}
     for i, (endpoint, recipe) in enumerate(recipes.items()):
         _say(f"\n=== endpoint {endpoint} ===")
@@ -285,7 +285,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: Path, names: list[str],
                alphas: list[float], domains: list[str] | None, endpoint: str | None = None,
-               retrain: bool | str | None = None) -> dict[str, Any]:
+               retrain: bool | str = False) -> dict[str, Any]:
     """The demo on one world: logs, table and plots into ``out``, the summary into ``summary_path``."""
     from tqdm.auto import tqdm
 
@@ -300,7 +300,6 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
     seconds: dict[str, float] = {}
     started = t = time.perf_counter()
 
-    retrain = args.retrain if retrain is None else retrain
     world = load_embedded(recipe, data=args.data, retrain=retrain, progress=progress)
     seconds["world"] = time.perf_counter() - t
     how = "trained" if world.info.get("trained") else "loaded from cache"
