@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adawise.demo_plots import static_name
+from adawise.logs import render_table
 
 __all__ = ["combine_endpoints", "format_endpoints", "plot_endpoints", "write_endpoints_report", "BEST_STATIC"]
 
@@ -107,15 +108,7 @@ def format_endpoints(c: Mapping[str, Any], fmt: str = "text") -> str:
              + ", ".join(f"{e} α {c['best_static_alpha'][e]:g} ({n})" for e, n in c["best_static"].items())]
     if bounds:
         notes.append("* upper bound: reads the labels")
-    return "\n\n".join([_table(header, rows, fmt), _table(gain_header, gain_rows, fmt), "\n".join(notes)])
-
-
-def _table(header: list[str], rows: list[list[str]], fmt: str) -> str:
-    if fmt == "markdown":
-        return "\n".join(["| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows]])
-    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
-    line = lambda r: "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
-    return "\n".join([line(header), "-" * (sum(widths) + 2 * len(widths) - 2), *map(line, rows)])
+    return "\n\n".join([render_table(header, rows, fmt), render_table(gain_header, gain_rows, fmt), "\n".join(notes)])
 
 
 def plot_endpoints(c: Mapping[str, Any], path: str | Path) -> Path:

@@ -25,6 +25,7 @@ __all__ = [
     "plot_accuracy",
     "plot_alpha",
     "save_figure",
+    "render_table",
     "to_jsonable",
 ]
 
@@ -155,15 +156,22 @@ def format_table(accuracy: Mapping[str, Mapping[str, float]], domains: Sequence[
         mean = _mean(row.get(d) for d in shifts)
         rows.append([name] + [f"{100 * c:.1f}" if c is not None else "-" for c in cells] + [f"{100 * mean:.1f}"])
     note = "* upper bound: reads the labels" if bounds & set(accuracy) else ""
+    return render_table(header, rows, fmt) + ("\n" + note if note else "")
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str = "text") -> str:
+    """Rows of cells under a header: ``"markdown"`` or ``"text"`` (first column left-aligned, the others
+    right-aligned, a rule under the header)."""
     if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-    else:
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-        fmt_row = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w)  # noqa: E731
-                                      for i, (x, w) in enumerate(zip(r, widths, strict=True)))
-        lines = [fmt_row(header), "-" * (sum(widths) + 2 * (len(widths) - 1))] + [fmt_row(r) for r in rows]
-    return "\n".join(lines + ([note] if note else []))
+        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                         + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+
+    def line(r: Sequence[str]) -> str:
+        cells = enumerate(zip(r, widths, strict=True))
+        return "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in cells)
+
+    return "\n".join([line(header), "-" * (sum(widths) + 2 * (len(widths) - 1)), *map(line, rows)])
 
 
 def _pyplot():

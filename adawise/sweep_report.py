@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adawise.logs import render_table
+
 if TYPE_CHECKING:
     from adawise.sweep import Run
 
@@ -119,14 +121,13 @@ def format_merged(merged: Mapping[str, Any], id_domain: str | None = None) -> st
     for g in merged["groups"]:
         lines += [f"## model `{g['model']}` · stream `{g['stream']}` · setting {g['setting']}", ""]
         header = ["method", "seeds", *g["domains"], "mean", "all"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        rows = []
         for method, m in g["methods"].items():
             n = len(m["seeds"])
             cells = [method + (" *" if m["uses_labels"] else ""), str(n)]
             cells += [_cell(m["per_domain"][d], n) for d in g["domains"]]
-            cells += [_cell(m["mean"], n), _cell(m["all"], n)]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            rows.append(cells + [_cell(m["mean"], n), _cell(m["all"], n)])
+        lines += [render_table(header, rows, "markdown"), ""]
     if missing:
         lines += [f"Missing ({len(missing)}): run `adawise sweep` again to finish them.", ""]
         lines += [f"- {m['log']} ({m['state']})" for m in missing] + [""]
