@@ -140,7 +140,7 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
         data: Fashion-MNIST directory when the images are read here.
         cache_dir: keep each shifted domain there (uint8 safetensors keyed by the shift's name, seed,
             input images and the shift code), so later runs skip the slow shifts (frost, snow). A world
-            as ``source`` defaults to ``<world cache>/streams``; ``None`` otherwise (no cache).
+            as ``source`` defaults to its ``streams_dir`` (shared by every world); ``None`` otherwise.
     """
     from tqdm.auto import tqdm
 
@@ -158,10 +158,8 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
         else:
             images, labels = source.test_images, source.test_labels
             root, world = str(getattr(source, "data_root", data) or ""), getattr(source, "key", None)
-            if cache_dir is None and getattr(source, "streams_dir", None) is not None:
-                cache_dir = source.streams_dir
-            elif cache_dir is None and getattr(source, "cache_dir", None) is not None:
-                cache_dir = Path(source.cache_dir) / "streams"
+            if cache_dir is None:
+                cache_dir = getattr(source, "streams_dir", None)
         domains = tuple(domains or DEFAULT_DOMAINS)
         for name in domains:
             get_shift(name)  # fail early on unknown names
