@@ -29,7 +29,7 @@ Two presets share one code path and differ only in options (:data:`PRESETS`):
   drag the next batches along. A cold search (the centre, {0, 1} and three LogEI proposals, on the
   full batch) runs on the first batch, when the objective at the centre drifts (a domain change)
   and after a probe moved the centre by 0.2 or more. On a long stream of the embedded world: 1.54
-  passes per batch on CPU (1.31 with a probe every second batch, the CUDA default); ``probe_backoff``
+  passes per batch on CPU (1.32 with a probe every second batch, the CUDA default); ``probe_backoff``
   spaces the probes out while they keep losing (fewer passes, slower tracking).
 """
 
@@ -383,8 +383,9 @@ class AdaWiSE(WeightSpaceMethod):
             inference instead of 1.4x. On the embedded world (``benchmarks/bench_presets.py
             --embedded``) probing every batch and ``drift_warmup`` 1 put the objective within 2% of
             the batch's grid minimum on 0.92 / 0.90 / 0.92 of batches (entropy / infomax /
-            anchored), against 0.71 for entropy with a probe every second batch and warm-up 3, for
-            1.70x instead of 1.31x plain inference (CPU).
+            anchored), against 0.71 for entropy with a probe every second batch and warm-up 3
+            (``--fast-options '{"probe_every": 2, "drift_warmup": 3}'``), for 1.70x instead of 1.37x
+            plain inference (CPU, same benchmark).
         probe_backoff, probe_every_max: after a probe that did not change the prediction, the
             interval between probes is multiplied by ``probe_backoff``, up to ``probe_every_max``
             batches (e.g. 2.0: 2, 4, 8); a probe that wins or a cold search resets it to
@@ -403,8 +404,8 @@ class AdaWiSE(WeightSpaceMethod):
             floored at ``drift_min_rel`` of the mean, after ``drift_warmup`` batches; ``None``
             disables it. Fast: warm-up 1, so a jump right after a search (a domain change two
             batches after the last one) is caught at once by the ``drift_z * drift_min_rel`` (20%)
-            floor; with 3 such batches went by at the wrong α (embedded world, contrast after
-            brightness: objective 40% above the batch's minimum).
+            floor; with 3 such batches went by at the wrong α (embedded world: contrast after
+            brightness).
         search_on_jump: run a cold search on the next batch when a probe moved the centre by at
             least this much (the landscape moved although the objective's level did not; None: never).
         search_every: also run a cold search (memory kept) every N batches (None: never).
