@@ -379,8 +379,8 @@ class AdaWiSE(WeightSpaceMethod):
             presets): every batch on CPU, every second batch on CUDA. A probe is a pass on the
             sub-batch: on CPU it costs its share of rows (16 of 64: a quarter of a pass), on a GPU a
             16-row pass is launch-bound and costs about a third of a 64-row one (ViT-B/16, H200,
-            CUDA graphs: 3.5 vs 10.6 ms), so probing every batch there would cost 1.6x plain
-            inference instead of 1.4x. On the embedded world (``benchmarks/bench_presets.py
+            CUDA graphs: 3.5 vs 10.6 ms), so probing every batch there would cost about 1.6x plain
+            inference (an estimate from those timings) instead of the measured 1.39x. On the embedded world (``benchmarks/bench_presets.py
             --embedded``) probing every batch and ``drift_warmup`` 1 put the objective within 2% of
             the batch's grid minimum on 0.92 / 0.90 / 0.92 of batches (entropy / infomax /
             anchored), against 0.71 for entropy with a probe every second batch and warm-up 3
