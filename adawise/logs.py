@@ -27,6 +27,7 @@ __all__ = [
     "save_figure",
     "render_table",
     "to_jsonable",
+    "domain_counts",
 ]
 
 
@@ -112,6 +113,23 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
     summary = next((r for r in records if r.get("type") == "summary"), None)
     batches = [r for r in records if r.get("type") == "batch"]
     return {"header": header, "batches": batches, "summary": summary, "complete": summary is not None}
+
+
+def domain_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Images and correct predictions per domain, ``{domain: [n, correct]}``, over batch records.
+
+    A record of a batch that mixes domains (the ``mixed`` schedule) carries ``by_domain``
+    (``{domain: [n, correct]}``, written by the loop from ``Batch.sample_domains``) and counts there;
+    any other counts under its ``domain``.
+    """
+    out: dict[str, list[int]] = {}
+    for r in records:
+        parts = r.get("by_domain") or {r["domain"]: [r["n"], r["correct"]]}
+        for d, (n, c) in parts.items():
+            n_c = out.setdefault(d, [0, 0])
+            n_c[0] += int(n)
+            n_c[1] += int(c)
+    return out
 
 
 def library_versions() -> dict[str, str]:

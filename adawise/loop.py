@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adawise.logs import JsonlWriter, format_table, library_versions, read_jsonl, to_jsonable
+from adawise.logs import JsonlWriter, domain_counts, format_table, library_versions, read_jsonl, to_jsonable
 from adawise.methods.base import Method
 from adawise.objectives import entropy
 from streams.base import Batch, Stream
@@ -41,7 +41,7 @@ __all__ = ["run_stream", "StreamResult", "SETTINGS"]
 log = logging.getLogger(__name__)
 SETTINGS = ("continual", "reset_each_shift")
 _RESERVED = {"type", "method", "domain", "batch", "n", "correct", "accuracy", "entropy", "alpha", "seconds",
-             "nonfinite_rows"}
+             "nonfinite_rows", "by_domain"}
 _STREAM_RESULTS = {"skipped"}  # keys of Stream.describe() that change when the stream is iterated
 
 
@@ -125,14 +125,26 @@ def _check_classes(logits: Tensor, batch: Batch, num_classes: int | None) -> Non
                          "label space (same class names in the same order)")
 
 
-def _score(logits: Tensor, labels: Tensor) -> tuple[int, float | None, int]:
-    """Number correct, mean prediction entropy (``None`` if not finite) and the number of rows without a
-    defined prediction (a NaN logit, or every logit −inf), which are scored as wrong."""
+def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, float | None, int]:
+    """Per-row correctness (a bool tensor on the CPU), mean prediction entropy (``None`` if not finite) and
+    the number of rows without a defined prediction (a NaN logit, or every logit −inf), scored as wrong."""
     undefined = logits.isnan().any(-1) | (logits == float("-inf")).all(-1)
     preds = logits.argmax(dim=-1)
-    correct = int(((preds.cpu() == labels.cpu()) & ~undefined.cpu()).sum())
+    hits = (preds.cpu() == labels.cpu()) & ~undefined.cpu()
     ent = float(entropy(logits).mean())
-    return correct, (ent if ent == ent and abs(ent) != float("inf") else None), int(undefined.sum())
+    return hits, (ent if ent == ent and abs(ent) != float("inf") else None), int(undefined.sum())
+
+
+def _by_domain(hits: Tensor, sample_domains: tuple[str, ...]) -> dict[str, list[int]]:
+    """``{domain: [n, correct]}`` of a batch whose samples come from several domains."""
+    if len(sample_domains) != len(hits):
+        raise ValueError(f"the batch names {len(sample_domains)} sample domains for {len(hits)} images")
+    out: dict[str, list[int]] = {}
+    for d, h in zip(sample_domains, hits.tolist(), strict=True):
+        n_c = out.setdefault(d, [0, 0])
+        n_c[0] += 1
+        n_c[1] += int(h)
+    return out
 
 
 def _step(method: Method, batch: Batch, device: torch.device, state: dict[str, Any], setting: str) -> Tensor:
@@ -227,7 +239,8 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
             t0 = time.perf_counter()
             logits = _step(method, batch, device, state, setting)
             _check_classes(logits, batch, getattr(stream, "num_classes", None))
-            correct, ent, undefined = _score(logits, batch.labels)  # scored before the method may update
+            hits, ent, undefined = _score(logits, batch.labels)  # scored before the method may update
+            correct = int(hits.sum())
             alpha = method.alpha
             with torch.no_grad():
                 method.observe(state["images"], logits)
@@ -241,6 +254,8 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
                 **info,
             }
             record.setdefault("forward_passes", 1.0)
+            if getattr(batch, "sample_domains", None) is not None:
+                record["by_domain"] = _by_domain(hits, batch.sample_domains)
             records.append(to_jsonable(record))
             if writer is not None:
                 writer.write(record)
@@ -270,11 +285,7 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
 
 def _result(method: Method, setting: str, records: list[dict[str, Any]], seconds: float,
             path: Path | None) -> StreamResult:
-    per_n: dict[str, list[int]] = {}
-    for r in records:
-        n_c = per_n.setdefault(r["domain"], [0, 0])
-        n_c[0] += r["n"]
-        n_c[1] += r["correct"]
+    per_n = domain_counts(records)
     total_n = sum(n for n, _ in per_n.values())
     total_c = sum(c for _, c in per_n.values())
     return StreamResult(

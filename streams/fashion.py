@@ -109,27 +109,34 @@ def to_float(images: Tensor) -> Tensor:
     return images.unsqueeze(1).float().div_(255.0)
 
 
-#: image orders within each domain ("shuffled" is another name for the default, "continual")
-ORDERS = ("continual", "shuffled", "class-sorted")
+#: sample orders accepted by :func:`embedded_stream` (``continual`` is the old name of ``shuffled``; any
+#: ``dirichlet:<δ>`` too, see :mod:`streams.orders`)
+ORDERS = ("continual", "shuffled", "class-sorted", "dirichlet", "dirichlet:0.01")
 
 
-def _canonical_order(order: str) -> str:
-    if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}; choose from {', '.join(ORDERS)}")
-    return "continual" if order == "shuffled" else order
-
-
-def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "continual", per_domain: int = 2000,
+def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "shuffled", per_domain: int = 2000,
                     batch_size: int = 64, seed: int = 0, data: str | os.PathLike | None = None,
-                    cache_dir: str | os.PathLike | None = None, progress: bool = False) -> Stream:
+                    cache_dir: str | os.PathLike | None = None, progress: bool = False,
+                    schedule: str | None = None) -> Stream:
     """The embedded world's test stream: the clean domain, then one shift after another.
 
     Every domain holds the *same* ``per_domain`` test images (a seeded subset of t10k, as ImageNet-C
     corrupts the same validation images for every corruption), shifted once with a seed derived from
-    ``seed`` and the domain name, then ordered: ``"continual"`` (alias ``"shuffled"``) shuffles them
-    with a per-domain seed, ``"class-sorted"`` sorts them by label so a batch holds one or two classes
-    (same images and same shift draws as the shuffled stream, only the order differs). Shifted images
-    are quantised to 8 bits, as ImageNet-C's stored images are, which also lets them be cached.
+    ``seed`` and the domain name. Shifted images are quantised to 8 bits, as ImageNet-C's stored images
+    are, which also lets them be cached.
+
+    The sample order and the schedule of domains (:mod:`streams.orders`) combine:
+
+    - ``order``: ``"shuffled"`` (default; ``"continual"`` is its old name) shuffles each domain with a
+      per-domain seed, ``"class-sorted"`` sorts it by label (a batch holds one or two classes),
+      ``"dirichlet"`` / ``"dirichlet:<δ>"`` gives Dirichlet-correlated labels (δ = 0.1 by default), all
+      with the same images and shift draws, only the order differs;
+    - ``schedule``: ``"continual"`` (default: the domains one after another), ``"reset_each_shift"``
+      (the same batches; the run resets the method at every boundary, :func:`streams.schedules.setting_for`),
+      ``"gradual"`` (each corruption at severities 1, 2, 3, 4, 5, 4, 3, 2, 1, domains named
+      ``"<corruption>:<severity>"``; other shifts once) or ``"mixed"`` (every (domain, image) pair pooled
+      and ordered by ``order``: each batch mixes the domains, ``Batch.domain`` is ``"mixed"`` and
+      ``Batch.sample_domains`` names each sample's). ``order="mixed"`` etc. name the schedule as before.
 
     Args:
         source: an object with ``test_images``/``test_labels`` (an ``EmbeddedWorld``), a
@@ -144,6 +151,7 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
     """
     from tqdm.auto import tqdm
 
+    from streams.orders import resolve
     from streams.shifts import DEFAULT_DOMAINS, get_shift
 
     if isinstance(source, StreamSpec):
@@ -151,6 +159,8 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
         if spec.source != "embedded":
             raise ValueError(f"embedded_stream: spec is for source {spec.source!r}, not 'embedded'")
         images, labels = _test_tensors(spec.opts.get("data"))
+        sched, sample = resolve(spec.opts.get("sample_order", spec.order if spec.order == "class-sorted" else None),
+                                None if spec.order == "class-sorted" else spec.order)
     else:
         if source is None:
             images, labels = _test_tensors(data)
@@ -165,20 +175,65 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
             get_shift(name)  # fail early on unknown names
         if per_domain < 1:
             raise ValueError(f"per_domain must be >= 1, got {per_domain}")
-        spec = StreamSpec.make("embedded", domains, _canonical_order(order), batch_size, seed,
-                               per_domain=int(per_domain), data=root, world=world)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sched, sample = resolve(order, schedule)
+        extra = {} if sample.kind == "shuffled" else {"sample_order": sample.spelled}
+        spec = StreamSpec.make("embedded", domains, sched, batch_size, seed, per_domain=int(per_domain), data=root,
+                               world=world, **extra)
     n = min(int(spec.opts["per_domain"]), len(images))
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(spec.seed))[:n]
     base_x, base_y = images[pick].contiguous(), labels[pick]
-    parts = []
-    for name in tqdm(spec.domains, desc="shifting test images", disable=not progress, leave=False):
+    names = _scheduled_domains(spec.domains, sched)
+    shifted, orders = [], []
+    for name in tqdm(names, desc="shifting test images", disable=not progress, leave=False):
         domain_seed = zlib.crc32(f"{spec.seed}:{name}".encode())
-        shifted = _shifted(base_x, name, domain_seed, cache_dir)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(domain_seed))
-        if spec.order == "class-sorted":
-            perm = perm[torch.argsort(base_y[perm], stable=True)]
-        parts.append(TensorStream(shifted[perm], base_y[perm], name, spec.batch_size))
+        shifted.append(_shifted(base_x, name, domain_seed, cache_dir))
+        if sched != "mixed":
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(domain_seed))
+            orders.append(_arranged(base_y, perm, sample, domain_seed))
+    if sched == "mixed":
+        return _mixed(shifted, base_y, names, sample, spec)
+    parts = [TensorStream(x[perm], base_y[perm], name, spec.batch_size)
+             for name, x, perm in zip(names, shifted, orders, strict=True)]
     return ConcatStream(parts, spec=spec)
+
+
+def _arranged(labels: Tensor, perm: Tensor, sample: Any, seed: int) -> Tensor:
+    from streams.orders import arrange
+
+    return arrange(labels, perm, sample, zlib.crc32(f"{seed}:{sample.spelled}".encode()))
+
+
+def _scheduled_domains(domains: tuple[str, ...], schedule: str) -> list[str]:
+    """The domains in stream order: ``gradual`` expands each corruption into its severities 1->5->1."""
+    if schedule != "gradual":
+        return list(domains)
+    from streams.schedules import GRADUAL_SEVERITIES
+    from streams.shifts import get_shift
+
+    out: list[str] = []
+    for name in domains:
+        base = name.partition(":")[0]
+        if get_shift(name).kind == "corruption":
+            out += [f"{base}:{s}" for s in GRADUAL_SEVERITIES]
+        else:
+            out.append(name)
+    return out
+
+
+def _mixed(shifted: list[Tensor], labels: Tensor, names: list[str], sample: Any, spec: StreamSpec) -> Stream:
+    """Every (domain, image) pair of the domains, pooled and ordered by the sample order."""
+    from streams.base import PooledStream
+
+    n, k = len(labels), len(shifted)
+    pairs = torch.stack([torch.arange(k).repeat_interleave(n), torch.arange(n).repeat(k)], 1)
+    mixed_seed = zlib.crc32(f"{spec.seed}:mixed".encode())
+    perm = torch.randperm(n * k, generator=torch.Generator().manual_seed(mixed_seed))
+    pairs = pairs[_arranged(labels.repeat(k), perm, sample, mixed_seed)]
+    bs = spec.batch_size
+    plan = [pairs[s:s + bs] for s in range(0, len(pairs), bs)]
+    return PooledStream(shifted, [labels] * k, names, plan, spec=spec)
 
 
 def _shift_code_hash() -> str:
