@@ -69,7 +69,7 @@ from adawise.models.clip import CLIPClassifier  # noqa: E402
 from adawise.weights import WeightSpace  # noqa: E402
 
 METHODS = ("finetuned", "wiseft", "adawise-fast", "adawise-faithful", "adawise-infomax", "adawise-anchored",
-           "vrf", "dawin")
+           "adawise-windowed", "vrf", "dawin")
 EXTRAS = ("finetuned-cudagraph", "adawise-fast-eager", "adawise-fast-bf16live", "adawise-fast-private",
           "adawise-fast-backoff")
 ADAWISE = tuple(m for m in METHODS + EXTRAS if m.startswith("adawise"))
@@ -215,7 +215,8 @@ def build(name: str, world: dict[str, Any], amp: torch.dtype | None, device: tor
     if name == "finetuned-cudagraph":
         return GraphedPlain(zs, ft, amp)
     opts: dict[str, Any] = {"amp_dtype": amp, "device": device}
-    objective = {"adawise-infomax": "infomax", "adawise-anchored": "anchored"}.get(name, "entropy")
+    objective = {"adawise-infomax": "infomax", "adawise-anchored": "anchored",
+                 "adawise-windowed": "windowed"}.get(name, "entropy")
     preset = "faithful" if name == "adawise-faithful" else "fast"
     if name == "adawise-fast-eager":
         opts["cuda_graphs"] = False

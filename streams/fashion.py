@@ -28,7 +28,7 @@ from torch import Tensor
 from streams.base import ConcatStream, Stream, StreamSpec, TensorStream
 
 __all__ = ["DEFAULT_ROOT", "CLASS_NAMES", "SPLITS", "ORDERS", "FashionMNISTError", "find_root", "load_split",
-           "to_float", "embedded_stream"]
+           "to_float", "embedded_stream", "domain_images", "sample_plan", "scheduled_domains"]
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 #: the ten labels in label order, worded for prompts (the official names are "T-shirt/top", ...)
@@ -181,31 +181,63 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "sh
         extra = {} if sample.kind == "shuffled" else {"sample_order": sample.spelled}
         spec = StreamSpec.make("embedded", domains, sched, batch_size, seed, per_domain=int(per_domain), data=root,
                                world=world, **extra)
-    n = min(int(spec.opts["per_domain"]), len(images))
-    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(spec.seed))[:n]
-    base_x, base_y = images[pick].contiguous(), labels[pick]
-    names = _scheduled_domains(spec.domains, sched)
-    shifted, orders = [], []
+    base_x, base_y = domain_images(images, labels, int(spec.opts["per_domain"]), spec.seed)
+    names = scheduled_domains(spec.domains, sched)
+    shifted = []
     for name in tqdm(names, desc="shifting test images", disable=not progress, leave=False):
-        domain_seed = zlib.crc32(f"{spec.seed}:{name}".encode())
-        shifted.append(_shifted(base_x, name, domain_seed, cache_dir))
-        if sched != "mixed":
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(domain_seed))
-            orders.append(_arranged(base_y, perm, sample, domain_seed))
+        shifted.append(_shifted(base_x, name, zlib.crc32(f"{spec.seed}:{name}".encode()), cache_dir))
+    pairs = sample_plan(base_y, names, sched, sample, spec.seed)
     if sched == "mixed":
-        return _mixed(shifted, base_y, names, sample, spec)
-    parts = [TensorStream(x[perm], base_y[perm], name, spec.batch_size)
-             for name, x, perm in zip(names, shifted, orders, strict=True)]
+        from streams.base import PooledStream
+
+        bs = spec.batch_size
+        plan = [pairs[s:s + bs] for s in range(0, len(pairs), bs)]
+        return PooledStream(shifted, [base_y] * len(names), names, plan, spec=spec)
+    parts = []
+    for k, (name, x) in enumerate(zip(names, shifted, strict=True)):
+        perm = pairs[pairs[:, 0] == k, 1]
+        parts.append(TensorStream(x[perm], base_y[perm], name, spec.batch_size))
     return ConcatStream(parts, spec=spec)
 
 
-def _arranged(labels: Tensor, perm: Tensor, sample: Any, seed: int) -> Tensor:
+def domain_images(images: Tensor, labels: Tensor, per_domain: int, seed: int) -> tuple[Tensor, Tensor]:
+    """The ``per_domain`` test images (a seeded subset, in a seeded order) that every domain shifts."""
+    n = min(int(per_domain), len(images))
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[pick].contiguous(), labels[pick]
+
+
+def sample_plan(labels: Tensor, names: list[str], schedule: str, sample: Any, seed: int) -> Tensor:
+    """The stream's (domain id, row) pairs in stream order, ``[len(names) * N, 2]``.
+
+    ``labels`` are the ``N`` images' labels (the same images in every domain), ``names`` the domains in
+    stream order (:func:`scheduled_domains`). Outside the mixed schedule the pairs run domain by domain
+    (each domain in its own seeded order, batches cut within a domain); in the mixed schedule every pair is
+    pooled and ordered at once (batches cut across domains). :func:`embedded_stream` and the objective lab
+    (``benchmarks/objective_lab.py``) both order their samples with this function.
+    """
     from streams.orders import arrange
 
-    return arrange(labels, perm, sample, zlib.crc32(f"{seed}:{sample.spelled}".encode()))
+    n, k = len(labels), len(names)
+
+    def order_seed(key: int) -> int:
+        return zlib.crc32(f"{key}:{sample.spelled}".encode())
+
+    if schedule == "mixed":
+        pairs = torch.stack([torch.arange(k).repeat_interleave(n), torch.arange(n).repeat(k)], 1)
+        mixed_seed = zlib.crc32(f"{seed}:mixed".encode())
+        perm = torch.randperm(n * k, generator=torch.Generator().manual_seed(mixed_seed))
+        return pairs[arrange(labels.repeat(k), perm, sample, order_seed(mixed_seed))]
+    out = []
+    for d, name in enumerate(names):
+        domain_seed = zlib.crc32(f"{seed}:{name}".encode())
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(domain_seed))
+        rows = arrange(labels, perm, sample, order_seed(domain_seed))
+        out.append(torch.stack([torch.full((n,), d, dtype=torch.long), rows], 1))
+    return torch.cat(out) if out else torch.zeros(0, 2, dtype=torch.long)
 
 
-def _scheduled_domains(domains: tuple[str, ...], schedule: str) -> list[str]:
+def scheduled_domains(domains: tuple[str, ...] | list[str], schedule: str) -> list[str]:
     """The domains in stream order: ``gradual`` expands each corruption into its severities 1->5->1."""
     if schedule != "gradual":
         return list(domains)
@@ -220,20 +252,6 @@ def _scheduled_domains(domains: tuple[str, ...], schedule: str) -> list[str]:
         else:
             out.append(name)
     return out
-
-
-def _mixed(shifted: list[Tensor], labels: Tensor, names: list[str], sample: Any, spec: StreamSpec) -> Stream:
-    """Every (domain, image) pair of the domains, pooled and ordered by the sample order."""
-    from streams.base import PooledStream
-
-    n, k = len(labels), len(shifted)
-    pairs = torch.stack([torch.arange(k).repeat_interleave(n), torch.arange(n).repeat(k)], 1)
-    mixed_seed = zlib.crc32(f"{spec.seed}:mixed".encode())
-    perm = torch.randperm(n * k, generator=torch.Generator().manual_seed(mixed_seed))
-    pairs = pairs[_arranged(labels.repeat(k), perm, sample, mixed_seed)]
-    bs = spec.batch_size
-    plan = [pairs[s:s + bs] for s in range(0, len(pairs), bs)]
-    return PooledStream(shifted, [labels] * k, names, plan, spec=spec)
 
 
 def _shift_code_hash() -> str:
