@@ -255,7 +255,7 @@ def import_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-_HASHES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
+_HASHES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str, bool]] = weakref.WeakKeyDictionary()
 
 
 def _signature(sd: Mapping[str, Tensor]) -> tuple:
@@ -263,26 +263,33 @@ def _signature(sd: Mapping[str, Tensor]) -> tuple:
     return tuple((k, t.data_ptr(), t._version, t.dtype, tuple(t.shape), str(t.device)) for k, t in sd.items())
 
 
-def weights_hash(model: nn.Module | Mapping[str, Tensor]) -> str:
+def weights_hash(model: nn.Module | Mapping[str, Tensor], finite: str | None = None) -> str:
     """A short SHA-256 of a model's state dict (names, shapes, dtypes and values).
 
     A module's hash is remembered until one of its tensors is replaced or modified in place (their version
-    counters), so hashing the same endpoints for every run of a session reads their bytes once.
+    counters), so hashing the same endpoints for every run of a session reads their bytes once. With
+    ``finite`` (a name for the message, e.g. ``"the zeroshot model"``) a NaN or Inf value is refused with a
+    :class:`~adawise.errors.CheckpointError` naming the key.
     """
     module = model if isinstance(model, nn.Module) else None
     sd = model.state_dict() if module is not None else model
     signature = _signature(sd) if module is not None else None
     if module is not None:
         known = _HASHES.get(module)
-        if known is not None and known[0] == signature:
+        if known is not None and known[0] == signature and (known[2] or finite is None):
             return known[1]
     digest = hashlib.sha256()
     for key in sorted(sd):
-        t = sd[key].detach().cpu().contiguous()
+        t = sd[key].detach()
+        if finite is not None and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{finite}: key {key!r} holds {bad} NaN/Inf value(s) of {t.numel()}; its predictions "
+                                  "would be undefined: pass finite weights")
+        t = t.cpu().contiguous()
         digest.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
         if t.numel():
             digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
     value = digest.hexdigest()[:16]
     if module is not None:
-        _HASHES[module] = (signature, value)
+        _HASHES[module] = (signature, value, finite is not None)
     return value

@@ -60,6 +60,9 @@ class CLIPClassifier(nn.Module):
     weights (``visual.*``, ``head.*``); mean, std and mask are non-persistent configuration.
     """
 
+    #: normalises float images of any dtype in fp32, then casts them to its weights' dtype
+    casts_inputs = True
+
     def __init__(self, visual: nn.Module, head_weight: Tensor, image_size: int,
                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
                  class_mask: Tensor | None = None, head_bias: Tensor | None = None) -> None:
