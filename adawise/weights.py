@@ -291,8 +291,8 @@ class WeightSpace:
             fused = (device.type != "cpu") if self.staged is None else not self.staged
             if fused and not _casts_on_store(master0, dtype):
                 if self.staged is False:
-                    raise UsageError(f"staged=False, but torch.lerp cannot round fp32 to {dtype} on store on "
-                                     f"{device} exactly; use staged=None")
+                    raise RuntimeError(f"staged=False, but torch.lerp cannot round fp32 to {dtype} on store on "
+                                       f"{device} exactly; use staged=None")
                 fused = False
             size = 0 if fused else min(total, self.chunk)
             scratch = torch.empty(size, dtype=self.master_dtype, device=device)

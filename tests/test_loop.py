@@ -255,7 +255,7 @@ def test_log_header_batches_summary_and_table(tmp_path, tiny_pair) -> None:
     assert header["config"] == {"note": "test"}
     assert header["device"] == "cpu"
     assert "torch" in header["versions"] and "python" in header["versions"]
-    assert header["models"]["model"]["pretrained"] == "random init"  # how the model was loaded
+    assert header["models"]["zeroshot"]["pretrained"] == "random init"  # how the model was loaded
     assert header["stream"]["batches"] == 4 and header["stream"]["domains"] == ["clean", "fog"]
 
     fields = {"method", "domain", "batch", "n", "correct", "accuracy", "entropy", "alpha", "forward_passes", "seconds"}

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adawise.methods.base import Method
+from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
-from adawise.methods.static import mix_probabilities
+from adawise.methods.static import check_same_classes, mix_probabilities
 from adawise.zsf import ZSFIndex, check_encodes, vrf_weight
 
 __all__ = ["VRF", "check_index_models"]
@@ -72,11 +72,13 @@ class VRF(Method):
             )
         check_encodes(zeroshot, "zero-shot")
         check_encodes(finetuned, "fine-tuned")
+        check_same_classes(zeroshot, finetuned, "vrf")
         if not isinstance(index, ZSFIndex):
             index = ZSFIndex.load(index)
         if check_hash:
             check_index_models(index, zeroshot, finetuned)
-        self.zeroshot, self.finetuned, self.index = zeroshot, finetuned, index
+        self._keep(zeroshot=zeroshot, finetuned=finetuned)  # read only: not submodules
+        self.index = index
         self.a = index.a if a is None else float(a)
         self.b = index.b if b is None else float(b)
         self.T_zs = index.T_zs if T_zs is None else float(T_zs)
@@ -87,10 +89,19 @@ class VRF(Method):
         self._info: dict[str, Any] = {"forward_passes": 2.0}
         self.last_omega: Tensor | None = None
 
+    @property
+    def zeroshot(self) -> nn.Module:
+        return self.endpoints()["zeroshot"]
+
+    @property
+    def finetuned(self) -> nn.Module:
+        return self.endpoints()["finetuned"]
+
     def forward(self, images: Any) -> Tensor:
-        feats = self.finetuned.encode(images)
-        z_ft = self.finetuned.classify(feats)
-        z_zs = self.zeroshot(images)
+        with evaluating(self.zeroshot, self.finetuned):
+            feats = self.finetuned.encode(images)
+            z_ft = self.finetuned.classify(feats)
+            z_zs = self.zeroshot(images)
         query = F.normalize(feats.detach().float(), dim=-1)
         if query.is_cuda:
             torch.cuda.synchronize(query.device)
