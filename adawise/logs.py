@@ -110,10 +110,10 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False, with_lines: bool =
                 if last or (number == len(lines) - 1 and not lines[-1]):
                     break  # a partial final line: the run died while writing it
                 raise LogError(f"{path}:{number}: malformed JSON line ({str(err)[:120]}); this is not an intact "
-                               "adawise run log") from None
+                               f"adawise run log: {_INTACT}") from None
             if not isinstance(record, dict):
                 raise LogError(f"{path}:{number}: a JSON {type(record).__name__}, not a record object; this is not "
-                               "an adawise run log")
+                               f"an adawise run log: {_INTACT}")
             if with_lines:
                 record["_line"] = number
             records.append(record)
@@ -128,6 +128,9 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False, with_lines: bool =
         with open(path, "ab") as f:  # so that appended lines start on a line of their own
             f.write(b"\n")
     return records
+
+
+_INTACT = "pass a log as adawise wrote it (delete this one, or run it again)"
 
 
 def _where(path: Path, record: Mapping[str, Any]) -> str:
@@ -146,31 +149,32 @@ def check_run(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> 
         if kind == "header":
             if i != 0:
                 raise LogError(f"{_where(path, r)}: a second header (or one after the first record); a log holds "
-                               "one run, header first")
+                               f"one run, header first: {_INTACT}")
         elif kind == "batch":
             domain, n, correct, index = r.get("domain"), r.get("n"), r.get("correct"), r.get("batch")
             ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (n, correct, index))
             if not isinstance(domain, str) or not ints or not 0 <= correct <= n:
                 raise LogError(f"{_where(path, r)}: a batch record needs a domain (string), batch, n and correct "
                                f"(integers, 0 <= correct <= n); got domain={domain!r} batch={index!r} n={n!r} "
-                               f"correct={correct!r}")
+                               f"correct={correct!r}; {_INTACT}")
             if batches and index <= batches[-1]["batch"]:
                 first = next(b for b in batches if b["batch"] >= index)
                 what = "appears twice" if first["batch"] == index else "comes after a later batch"
                 raise LogError(f"{_where(path, r)}: batch {index} {what} (see line {first.get('_line', '?')}); a run "
-                               "writes each batch once, in stream order, so this log was edited or merged")
+                               f"writes each batch once, in stream order, so this log was edited or merged: {_INTACT}")
             batches.append(r)
         elif kind == "summary":
             if i != len(records) - 1:
-                raise LogError(f"{_where(path, r)}: a summary before the end of the log; a summary closes a run")
+                raise LogError(f"{_where(path, r)}: a summary before the end of the log; a summary closes a run: "
+                               f"{_INTACT}")
             counted = (len(batches), sum(b["n"] for b in batches), sum(b["correct"] for b in batches))
             claimed = (r.get("batches"), r.get("n"), r.get("correct"))
             if claimed != counted:
                 raise LogError(f"{_where(path, r)}: the summary counts (batches, n, correct) = {claimed} but the "
-                               f"batch records add up to {counted}; the log was edited or merged")
+                               f"batch records add up to {counted}; the log was edited or merged: {_INTACT}")
         else:
             raise LogError(f"{_where(path, r)}: a record of type {kind!r}; a run log holds a header, batch records "
-                           "and a summary")
+                           f"and a summary: {_INTACT}")
 
 
 def read_run(path: str | os.PathLike) -> dict[str, Any]:
@@ -195,7 +199,7 @@ def table_path(log: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive(target: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+def exclusive(target: str | os.PathLike) -> Iterator[Path]:
     """Hold the lock of a log file or an output folder (``filelock``, released when the process dies):
     a second writer gets :class:`~adawise.errors.RunLockedError` at once, naming the target."""
     from filelock import FileLock, Timeout
@@ -211,8 +215,8 @@ def exclusive(target: str | os.PathLike, what: str = "run") -> Iterator[Path]:
     try:
         lock.acquire()
     except Timeout:
-        raise RunLockedError(f"{target} is in use by another {what} (it holds {lock_file}); wait for it to finish, "
-                             "or pass another output") from None
+        raise RunLockedError(f"{target} is in use by another run (an adawise process holds {lock_file}); wait for "
+                             "it to finish, or pass another output") from None
     except OSError as err:
         raise AccessError(f"cannot lock {target} ({err.strerror or err}); pass a writable folder") from None
     try:

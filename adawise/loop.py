@@ -350,7 +350,7 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
     if path is None:
         return _run(method, stream, None, setting, seed, config, progress, False, device)
     _check_log_path(path)
-    with exclusive(path, "run"):
+    with exclusive(path):
         return _run(method, stream, path, setting, seed, config, progress, resume, device)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from adawise.errors import AccessError, CheckpointError, MissingFileError, UntrustedPickleError
 
 __all__ = ["load_checkpoint", "save_state_dict", "import_state_dict", "weights_hash", "check_weights",
-           "default_mode", "UntrustedPickleError"]
+           "default_mode", "probe_checkpoint", "UntrustedPickleError"]
 
 
 def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
@@ -55,6 +55,25 @@ def _sniff(path: Path) -> str:
     except UnicodeDecodeError:
         return "unknown"
     return "text" if text[:1] in ("{", "[", "#", '"') or text.isprintable() else "unknown"
+
+
+def probe_checkpoint(path: str | os.PathLike) -> str:
+    """Check, from its first bytes only, that ``path`` can be a checkpoint (before anything slow is loaded):
+    returns its format, or raises :class:`~adawise.errors.CheckpointError` for a text file, unknown bytes or
+    a safetensors header longer than the file."""
+    path = Path(path)
+    kind = _sniff(path)
+    if kind in ("text", "unknown") and path.suffix != ".safetensors":
+        what = "a text file (JSON?)" if kind == "text" else "not a checkpoint format adawise knows"
+        raise CheckpointError(f"{path} is {what}, not a weights file: pass a .safetensors file or a state dict "
+                              "saved with torch.save (adawise.save_state_dict() writes safetensors)")
+    if kind == "safetensors":
+        with open(path, "rb") as f:
+            header = int.from_bytes(f.read(8), "little")
+        if header + 8 > path.stat().st_size:
+            raise CheckpointError(f"{path}: a damaged safetensors file: its header claims {header} bytes but the file "
+                                  f"holds {path.stat().st_size}; the file was cut short. Copy it again.")
+    return kind
 
 
 def _load_safetensors(path: Path, map_location: str) -> dict[str, Tensor]:

@@ -181,9 +181,16 @@ class EmbeddedRecipe:
         path = Path(recipe)
         if not path.is_file():
             raise ValueError(f"recipe {text!r} is neither 'full', 'tiny', an endpoint {list(ENDPOINTS)}, "
-                             f"'tiny:<endpoint>' nor a JSON file ({path.resolve()})")
-        data = json.loads(path.read_text())
+                             f"'tiny:<endpoint>' nor a JSON file ({path.resolve()}); pass one of those")
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{path}: not a valid JSON file ({err}); pass a JSON object of recipe fields") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of recipe fields, got {type(data).__name__}")
         data = data.get("recipe", data)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: 'recipe' must be a JSON object of recipe fields")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
