@@ -509,6 +509,19 @@ def _check_inputs(args: argparse.Namespace) -> None:
                                + missing_inputs_message(args.stream, ["--data"])) from None
 
 
+def _check_batch_memory(batch_size: int, image_size: int) -> None:
+    """Refuse a batch that could not fit in this machine's memory (decoded, float32, twice: loader and model)."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = 2 * batch_size * 3 * image_size * image_size * 4
+    if need > memory / 2:
+        raise UsageError(f"--batch-size {batch_size}: one batch of {image_size}x{image_size} images needs about "
+                         f"{need / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.0f} GiB; pass a "
+                         "smaller --batch-size (64 is the default)")
+
+
 def check_args(args: argparse.Namespace) -> dict[str, Any]:
     """Every option of ``args`` checked, cheapest first, before any data or model is read; returns what the
     run needs: ``methods``, ``method_options``, ``device``, ``arch``, ``out``."""
@@ -518,7 +531,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     check.integer(args.seed, "--seed", minimum=0, maximum=2**63 - 1)
     check.integer(args.severity, "--severity", minimum=1, maximum=5)
     check.integer(args.limit_per_domain, "--limit-per-domain", minimum=1, optional=True)
-    check.integer(args.workers, "--workers", minimum=0, optional=True)
+    check.integer(args.workers, "--workers", minimum=0, maximum=max(8, 4 * (os.cpu_count() or 1)), optional=True)
     check.number(args.alpha, "--alpha", 0.0, 1.0)
     check.number(args.ose_w, "--ose-w", 0.0, 1.0)
     if args.setting not in (None, "continual", "reset_each_shift"):
@@ -530,6 +543,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     check_method_options(methods, method_options, flags)
     device = check.device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     arch = parse_arch(args.arch)
+    _check_batch_memory(args.batch_size, image_size_of(arch))
     try:
         resolve_templates(args.templates)
     except MissingFileError as err:

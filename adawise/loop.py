@@ -346,6 +346,13 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
     """
     if setting not in SETTINGS:
         raise UsageError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(f"seed must be an integer, got {seed!r}")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise UsageError(f"device {device!r} is not a torch device; pass cpu, cuda or cuda:N") from None
     path = Path(log) if log is not None else None
     if path is None:
         return _run(method, stream, None, setting, seed, config, progress, False, device)

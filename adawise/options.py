@@ -80,6 +80,8 @@ def input_file(value: Any, flag: str, what: str = "file") -> Path:
     path = Path(value).expanduser()
     if path.is_dir():
         raise UsageError(f"{flag} {value}: a folder, not a {what}; pass the file itself")
+    if path.exists() and not path.is_file():  # a device or a pipe: reading it could block or never end
+        raise UsageError(f"{flag} {value}: not a regular file (a device or a pipe?); pass a {what}")
     if not path.is_file():
         raise MissingFileError(f"{flag} {value}: {what} not found (looked at {path.resolve()}); pass the path of an "
                                f"existing {what}")

@@ -62,6 +62,7 @@ def files(tmp_path_factory):
     (base / "unknown.json").write_text(json.dumps({"batch_sise": 8}))
     (base / "badtype.json").write_text(json.dumps({"batch_size": "many"}))
     (base / "bad.toml").write_text("batch_size = = 3\n")
+    (base / "recipe-types.json").write_text(json.dumps({"name": "mine", "embed_dim": "wide"}))
     # logs for report
     good = [{"type": "header", "method": "m", "setting": "continual"},
             {"type": "batch", "method": "m", "domain": "d", "batch": 0, "n": 4, "correct": 2},
@@ -80,6 +81,7 @@ def files(tmp_path_factory):
     log("dup.jsonl", [*good, good[2]])
     log("sum.jsonl", [*good, {"type": "summary", "batches": 2, "n": 8, "correct": 9}])
     log("wrongcount.jsonl", [good[0], {**good[1], "correct": 7}])
+    log("nan.jsonl", None, json.dumps(good[0]) + '\n{"type": "batch", "domain": "d", "batch": 0, "n": 4, "correct": NaN}\n')
     (base / "binary.jsonl").write_bytes(b"\x00\xff\xfe" * 20 + b"\n" + b"\x89PNG" * 5 + b"\n")
     # sweep configs
     sweep = {"models": {"m": {"kind": "random-clip", "config": TINY_CLIP_CFG, "num_classes": 3}},
@@ -187,6 +189,11 @@ RUN = [  # (case id, argv builder, needles that must appear in the one line)
      ["reset_each_shift", "--setting"]),
     ("missing-inputs", lambda f: ["run", "--out", str(f["base"] / "out")], ["--data", "--pretrained", "--finetuned"]),
     ("stream-unknown", lambda f: _run(f, "--stream", "imagenet-a"), ["--stream", "imagenet-a"]),
+    ("workers-absurd", lambda f: _run(f, "--workers", "100000"), ["--workers", "100000"]),
+    ("batch-too-large-for-memory", lambda f: _run(f, "--batch-size", "100000000"), ["--batch-size", "GiB"]),
+    ("device-negative-index", lambda f: _override(_run(f), "--device", "cuda:-1"), ["--device", "cuda:-1"]),
+    ("finetuned-a-device", lambda f: _override(_run(f), "--finetuned", "/dev/zero"), ["/dev/zero", "regular file"]),
+    ("alpha-nan", lambda f: _run(f, "--alpha", "nan"), ["--alpha", "nan"]),
 ]
 
 EXAMPLE_CASES = [
@@ -225,6 +232,9 @@ DEMO = [
     ("out-a-file", lambda f: _override(_demo(f), "--out", _b(f, "a-file")), ["--out", "a-file"]),
     ("order-unknown", lambda f: _demo(f, "--order", "random"), ["--order", "random"]),
     ("seed-word", lambda f: _demo(f, "--seed", "x"), ["--seed"]),
+    ("alphas-nan", lambda f: _demo(f, "--alphas", "0,1,nan"), ["--alphas"]),
+    ("recipe-field-type", lambda f: _override(_demo(f), "--recipe", _b(f, "recipe-types.json")),
+     ["--recipe", "embed_dim", "int"]),
 ]
 
 REPORT = [
@@ -238,6 +248,7 @@ REPORT = [
     ("summary-mismatch", lambda f: ["report", _b(f, "sum.jsonl")], ["sum.jsonl:4", "summary"]),
     ("correct-above-n", lambda f: ["report", _b(f, "wrongcount.jsonl")], ["wrongcount.jsonl:2", "correct"]),
     ("binary", lambda f: ["report", _b(f, "binary.jsonl")], ["binary.jsonl:1"]),
+    ("nan-count", lambda f: ["report", _b(f, "nan.jsonl")], ["nan.jsonl:2", "correct"]),
     ("out-a-file", lambda f: ["report", str(f["good_log"]), "--out", _b(f, "a-file")], ["--out", "a-file"]),
     ("id-domain-unknown", lambda f: ["report", str(f["good_log"]), "--id-domain", "clean"], ["--id-domain", "clean"]),
 ]

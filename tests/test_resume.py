@@ -203,3 +203,31 @@ def test_same_spec_and_seed_give_identical_records(tmp_path, name) -> None:
     assert len(a) == 1 + 9 + 1 and a == b  # header (config hash included), batches and summary
     if name == "adawise":  # the BO ran (searches and probes), and its evaluated alphas and objectives match
         assert {"search", "probe"} <= {r["mode"] for r in a if r["type"] == "batch"}
+
+
+def test_cli_resume_refuses_a_checkpoint_replaced_at_the_same_path(world, capsys) -> None:
+    """The header hashes the weights, not the file name: another checkpoint under the same path is refused."""
+    from streams.imagenet_r import IMAGENET_CLASSNAMES
+
+    _, ft = adawise.load_pair(copy.deepcopy(TINY_CLIP_CFG), list(IMAGENET_CLASSNAMES), templates="simple")
+    path = world["base"] / "ft.safetensors"
+    adawise.save_state_dict(ft.state_dict(), path)
+    out = world["base"] / "replaced"
+    argv = ["--finetuned", str(path), "--methods", "wiseft"]
+
+    def cli(*extra):
+        args = ["run", "--data", str(world["data"]), "--arch", str(world["arch"]), "--pretrained", "none",
+                "--templates", "simple", "--batch-size", "32", "--device", "cpu", "--out", str(out), "--workers", "0",
+                "--head-cache-dir", str(world["base"] / "heads"), "--no-progress", *argv, *extra]
+        return cli_main(args)
+
+    assert cli() == 0
+    log = out / "wiseft.jsonl"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:3]))  # killed after two batches
+    with torch.no_grad():
+        ft.head.bias.add_(0.5)
+    adawise.save_state_dict(ft.state_dict(), path)  # other weights, same file name
+    capsys.readouterr()
+    assert cli("--resume") == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "weights" in err and "finetuned" in err

@@ -41,7 +41,7 @@ def alpha_grid(grid: int | Sequence[float]) -> list[float]:
             raise ValueError(f"an alpha grid needs at least 2 points, got {grid}")
         return [round(i / (grid - 1), 6) for i in range(grid)]
     alphas = sorted({round(float(a), 6) for a in grid})
-    if not alphas or alphas[0] < 0.0 or alphas[-1] > 1.0:
+    if not alphas or not all(math.isfinite(a) for a in alphas) or alphas[0] < 0.0 or alphas[-1] > 1.0:
         raise ValueError(f"alphas must lie in [0, 1], got {list(grid)}")
     return alphas
 

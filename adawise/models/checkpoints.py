@@ -157,6 +157,8 @@ def load_checkpoint(
         if path.is_dir():
             raise CheckpointError(f"checkpoint {path} is a folder; pass the weights file inside it "
                                   "(.safetensors, .pt or .bin)")
+        if path.exists():
+            raise CheckpointError(f"checkpoint {path} is not a regular file (a device or a pipe?); pass a weights file")
         raise MissingFileError(
             f"checkpoint not found: {path} (resolved: {path.resolve()}). Pass the path of a local "
             ".safetensors or .pt state dict; nothing is downloaded."

@@ -195,6 +195,18 @@ class EmbeddedRecipe:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown recipe fields {unknown}; known: {sorted(known)}")
+        defaults = cls()
+        for key, value in data.items():  # each field keeps the type of its default (an int, a float, a pair, ...)
+            default = getattr(defaults, key)
+            kind = (int, float) if isinstance(default, float) else type(default)
+            ok = isinstance(value, list if isinstance(default, tuple) else kind) and not (
+                isinstance(value, bool) and not isinstance(default, bool))
+            if ok and isinstance(default, tuple):
+                ok = len(value) == len(default) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        for v in value)
+            if not ok:
+                raise ValueError(f"{path}: recipe field {key!r} must be like {default!r} "
+                                 f"({type(default).__name__}), got {value!r}")
         tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
         return cls(**{**data, **tuples})
 
