@@ -45,8 +45,16 @@ import torch
 from torch import Tensor, nn
 
 from adawise.errors import AccessError, DataError, InputTypeError, LogError, ResumeError, UsageError
-from adawise.logs import (JsonlWriter, check_run, exclusive, format_table, library_versions, read_jsonl, table_path,
-                          to_jsonable)
+from adawise.logs import (
+    JsonlWriter,
+    check_run,
+    exclusive,
+    format_table,
+    library_versions,
+    read_jsonl,
+    table_path,
+    to_jsonable,
+)
 from adawise.methods.base import Method
 from adawise.models.checkpoints import weights_hash
 from adawise.objectives import entropy

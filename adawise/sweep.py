@@ -175,7 +175,8 @@ class SweepConfig:
                         "num_classes", "workers"):
                 if key in spec and spec[key] is not None:
                     _sweep_int(spec[key], f"stream {name!r}: {key}", 0 if key == "workers" else 1)
-            if not isinstance(spec.get("domains", []), list) or not all(isinstance(d, str) for d in spec.get("domains", [])):
+            domains = spec.get("domains", [])
+            if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
                 raise SweepError(f"stream {name!r}: domains must be a list of names, got {spec.get('domains')!r}")
         for name, spec in models.items():
             for key in ("num_classes", "seed"):

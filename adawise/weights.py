@@ -66,7 +66,8 @@ def check_dtypes(sd0: StateDict, sd1: StateDict, names: tuple[str, str] = ("sd0"
     differ = [f"{k} {sd0[k].dtype} vs {sd1[k].dtype}" for k in sd0 if k in sd1 and sd0[k].dtype != sd1[k].dtype]
     if differ:
         raise StateDictMismatchError(
-            f"{names[0]} and {names[1]} store weights in different dtypes ({len(differ)} keys: {_describe(differ, 4)}); "
+            f"{names[0]} and {names[1]} store weights in different dtypes ({len(differ)} keys: "
+            f"{_describe(differ, 4)}); "
             "convert both endpoints to one dtype first (e.g. model.to(torch.float32) or .to(torch.bfloat16))")
 
 

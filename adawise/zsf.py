@@ -301,7 +301,8 @@ class ZSFIndex:
         try:
             meta = json.loads(meta_raw)
         except ValueError:
-            raise CheckpointError(f"{path}: its ZSF metadata is not valid JSON; the file is corrupt, rebuild it") from None
+            raise CheckpointError(f"{path}: its ZSF metadata is not valid JSON; the file is corrupt, rebuild it"
+                                  ) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{path}: unsupported ZSF index format "
                                   f"{meta.get('format') if isinstance(meta, dict) else meta!r} (expected {FORMAT!r})")
@@ -313,7 +314,8 @@ class ZSFIndex:
             idx = cls(features, k=int(meta["k"]), a=meta["a"], b=meta["b"], squared=meta["squared"], T_zs=meta["T_zs"],
                       T_ft=meta["T_ft"], metadata={k: v for k, v in meta.items() if k not in core}, backend=backend)
         except (KeyError, TypeError, UsageError) as err:
-            raise CheckpointError(f"{path}: its ZSF metadata is incomplete or invalid ({err}); rebuild the index") from None
+            raise CheckpointError(f"{path}: its ZSF metadata is incomplete or invalid ({err}); rebuild the index"
+                                  ) from None
         idx.path = str(path)
         return idx
 

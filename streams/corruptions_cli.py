@@ -100,7 +100,8 @@ def main(args: argparse.Namespace) -> int:
             if not args.image:
                 raise
             reason = error.strerror or str(error)
-            raise ValueError(f"--image {args.image}: {reason}; pass an image file PIL can read (PNG, JPEG, ...)") from None
+            raise ValueError(f"--image {args.image}: {reason}; pass an image file PIL can read (PNG, JPEG, ...)"
+                             ) from None
         path = corruption_grid(image, args.out, names=names, seed=args.seed)
     except (OSError, ValueError) as error:
         print(f"show-corruptions: {error}", file=sys.stderr)

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_error_class_is_an_adawise_error_and_its_builtin() -> None:
     pairs = {errors.UsageError: ValueError, errors.InputTypeError: TypeError,
              errors.MissingFileError: FileNotFoundError, errors.AccessError: PermissionError,
-             errors.DataError: ValueError, errors.CheckpointError: ValueError, errors.UntrustedPickleError: RuntimeError,
+             errors.DataError: ValueError, errors.CheckpointError: ValueError,
+             errors.UntrustedPickleError: RuntimeError,
              errors.StateDictMismatchError: ValueError, errors.LogError: ValueError, errors.ResumeError: ValueError,
              errors.RunLockedError: RuntimeError, errors.UnknownNameError: KeyError}
     for cls, builtin in pairs.items():

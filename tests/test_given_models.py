@@ -24,7 +24,8 @@ class BNNet(nn.Module):
     def __init__(self, seed: int, pool: str = "avg") -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.conv, self.bn, self.drop, self.head = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Dropout(0.5), nn.Linear(8, C)
+        self.conv, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+        self.drop, self.head = nn.Dropout(0.5), nn.Linear(8, C)
         self.pool = pool
         with torch.no_grad():  # running statistics that differ from any batch's
             self.bn.running_mean.uniform_(-1, 1)

@@ -81,7 +81,8 @@ def files(tmp_path_factory):
     log("dup.jsonl", [*good, good[2]])
     log("sum.jsonl", [*good, {"type": "summary", "batches": 2, "n": 8, "correct": 9}])
     log("wrongcount.jsonl", [good[0], {**good[1], "correct": 7}])
-    log("nan.jsonl", None, json.dumps(good[0]) + '\n{"type": "batch", "domain": "d", "batch": 0, "n": 4, "correct": NaN}\n')
+    nan_record = '{"type": "batch", "domain": "d", "batch": 0, "n": 4, "correct": NaN}'
+    log("nan.jsonl", None, json.dumps(good[0]) + "\n" + nan_record + "\n")
     (base / "binary.jsonl").write_bytes(b"\x00\xff\xfe" * 20 + b"\n" + b"\x89PNG" * 5 + b"\n")
     # sweep configs
     sweep = {"models": {"m": {"kind": "random-clip", "config": TINY_CLIP_CFG, "num_classes": 3}},
@@ -152,7 +153,8 @@ RUN = [  # (case id, argv builder, needles that must appear in the one line)
     ("templates-missing", lambda f: _override(_run(f), "--templates", _b(f, "nope.txt")), ["--templates", "nope.txt"]),
     ("templates-no-braces", lambda f: _override(_run(f), "--templates", _b(f, "nobraces.txt")),
      ["nobraces.txt", "{}"]),
-    ("pretrained-missing", lambda f: _override(_run(f), "--pretrained", _b(f, "clip.bin")), ["--pretrained", "clip.bin"]),
+    ("pretrained-missing", lambda f: _override(_run(f), "--pretrained", _b(f, "clip.bin")),
+     ["--pretrained", "clip.bin"]),
     ("pretrained-json", lambda f: _override(_run(f), "--pretrained", _b(f, "weights.pt")), ["weights.pt", "text file"]),
     ("pretrained-other-width", lambda f: _override(_override(_run(f), "--pretrained", _b(f, "clip.safetensors")),
                                                    "--arch", "ViT-B-32"), ["clip.safetensors", "ViT-B-32"]),
@@ -220,7 +222,8 @@ DEMO = [
     ("alphas-out-of-range", lambda f: _demo(f, "--alphas", "0,1,1.5"), ["--alphas", "[0, 1]"]),
     ("methods-unknown", lambda f: _demo(f, "--methods", "zeroshot,magic"), ["--methods", "magic"]),
     ("preset-unknown", lambda f: _demo(f, "--preset", "turbo"), ["--preset", "turbo"]),
-    ("recipe-missing", lambda f: _override(_demo(f), "--recipe", _b(f, "nope-recipe.json")), ["--recipe", "nope-recipe"]),
+    ("recipe-missing", lambda f: _override(_demo(f), "--recipe", _b(f, "nope-recipe.json")),
+     ["--recipe", "nope-recipe"]),
     ("recipe-invalid-json", lambda f: _override(_demo(f), "--recipe", _b(f, "bad.json")), ["--recipe", "bad.json"]),
     ("recipe-unknown-field", lambda f: _override(_demo(f), "--recipe", _b(f, "unknown.json")),
      ["--recipe", "batch_sise"]),
@@ -263,7 +266,8 @@ def _vrf(f, *extra):
 VRF = [
     ("nothing", lambda f: ["vrf-index", "--out", _b(f, "zsf.safetensors")], ["--embedded", "--source-data"]),
     ("embedded-and-files", lambda f: _vrf(f, "--embedded"), ["--embedded", "cannot be combined"]),
-    ("pretrained-missing", lambda f: _override(_vrf(f), "--pretrained", _b(f, "clip.bin")), ["--pretrained", "clip.bin"]),
+    ("pretrained-missing", lambda f: _override(_vrf(f), "--pretrained", _b(f, "clip.bin")),
+     ["--pretrained", "clip.bin"]),
     ("finetuned-json", lambda f: _override(_vrf(f), "--finetuned", _b(f, "weights.pt")), ["weights.pt", "text file"]),
     ("finetuned-cut", lambda f: _override(_vrf(f), "--finetuned", _b(f, "cut.safetensors")),
      ["cut.safetensors", "damaged safetensors"]),

@@ -326,7 +326,6 @@ def test_cli_embedded(tmp_path, monkeypatch, capsys) -> None:
 
 def test_cli_errors(tmp_path, capsys) -> None:
     from adawise import vrf_cli
-
     from adawise.errors import MissingFileError, UsageError
 
     with pytest.raises(UsageError, match="missing: --pretrained --finetuned --source-data"):

@@ -112,7 +112,8 @@ class AlphaEvaluator:
         if device.type == "cuda" and device.index is None:  # "cuda" -> "cuda:N", as tensors report it
             device = torch.device("cuda", torch.cuda.current_device())
         zeroshot, finetuned = self._endpoints
-        check_dtypes(zeroshot.state_dict(), finetuned.state_dict(), names=("the zero-shot model", "the fine-tuned model"))
+        check_dtypes(zeroshot.state_dict(), finetuned.state_dict(),
+                     names=("the zero-shot model", "the fine-tuned model"))
         live = copy.deepcopy(finetuned).eval().requires_grad_(False)
         live.to(device=device, dtype=dtype) if dtype is not None else live.to(device=device)
         self.model = live
@@ -184,11 +185,13 @@ class AlphaEvaluator:
             err = float((got - ref)[both].norm() / (ref[both].norm() + 1e-6)) if bool(both.any()) else 0.0
             ok = err <= tol
         if not ok:
-            shape = f"shape {tuple(got.shape)} vs {tuple(ref.shape)}" if got.shape != ref.shape else f"relative error {err:.3g}"
+            shape = (f"shape {tuple(got.shape)} vs {tuple(ref.shape)}" if got.shape != ref.shape
+                     else f"relative error {err:.3g}")
             raise ModelMismatchError(
-                "the zero-shot and fine-tuned models have the same weights layout but do not compute alike: at alpha = 0 "
-                f"the fine-tuned model's forward with the zero-shot weights differs from the zero-shot model ({shape} on "
-                "the first batch); both endpoints must be the same architecture and configuration (e.g. the same pooling)")
+                "the zero-shot and fine-tuned models have the same weights layout but do not compute alike: at "
+                "alpha = 0 the fine-tuned model's forward with the zero-shot weights differs from the zero-shot model "
+                f"({shape} on the first batch); both endpoints must be the same architecture and configuration (e.g. "
+                "the same pooling)")
 
     def _forward(self, images: Any, cache: bool = True) -> Tensor:
         if self.amp_dtype is None:

@@ -85,7 +85,8 @@ def _load_safetensors(path: Path, map_location: str) -> dict[str, Tensor]:
         header = int.from_bytes(f.read(8), "little")
     if header + 8 > size:
         raise CheckpointError(f"{path}: a damaged safetensors file: its header claims {header} bytes but the file "
-                              f"holds {size}; the file was cut short (an interrupted copy or download?). Copy it again.")
+                              f"holds {size}; the file was cut short (an interrupted copy or download?). "
+                              "Copy it again.")
     try:
         return load_file(str(path), device=map_location)
     except (SafetensorError, ValueError, OSError) as err:

@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adawise.errors import CheckpointError, MissingFileError, StateDictMismatchError, UsageError
-from adawise.models.checkpoints import check_weights, default_mode, import_state_dict, load_checkpoint, save_state_dict, weights_hash
+from adawise.models.checkpoints import (
+    check_weights,
+    default_mode,
+    import_state_dict,
+    load_checkpoint,
+    save_state_dict,
+    weights_hash,
+)
 from adawise.weights import check_compatible
 
 __all__ = [
@@ -313,7 +320,8 @@ def _read_head(path: Path, num_classes: int) -> Tensor | None:
     """A cached zero-shot head, or ``None`` (with a warning) when it is missing, damaged or does not fit."""
     if not path.is_file():
         if path.exists() or path.is_symlink():
-            warnings.warn(f"zero-shot head cache {path} is not a regular file; computing the head instead", stacklevel=3)
+            warnings.warn(f"zero-shot head cache {path} is not a regular file; computing the head instead",
+                          stacklevel=3)
         return None
     try:
         head = load_checkpoint(path)["weight"]
