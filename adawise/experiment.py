@@ -159,33 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser, streams: Sequence[str] = STRE
 
 
 def _load_config(path: str) -> dict[str, Any]:
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise UsageError(f"--config {path}: a folder; pass the config file (e.g. {p / 'config.json'})")
-    if not p.is_file():
-        raise MissingFileError(f"--config: file not found: {p.resolve()}; pass a JSON or TOML file of options (a "
-                               "run's <out>/config.json repeats it)")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as err:
-        raise UsageError(f"--config {p}: cannot be read as text ({err}); pass a JSON or TOML file") from None
-    if p.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError as err:  # Python 3.10
-            raise UsageError(f"--config {p}: TOML needs Python >= 3.11; use a JSON file") from err
-        try:
-            data: Any = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise UsageError(f"--config {p}: not valid TOML ({err})") from None
-    else:
-        try:
-            data = json.loads(text)
-        except ValueError as err:
-            raise UsageError(f"--config {p}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {p}: expected a JSON object of options")
-    return data
+    return check.read_config(path, f"--config {path}", "a JSON or TOML file of options (a run's <out>/config.json "
+                             "repeats it)")
 
 
 def _config_value(path: str, key: str, value: Any, action: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 from adawise.errors import AccessError, MissingFileError, UsageError
 
-__all__ = ["integer", "number", "device", "input_file", "input_dir", "output_dir", "output_file"]
+__all__ = ["integer", "number", "device", "input_file", "input_dir", "output_dir", "output_file", "read_config"]
 
 
 def integer(value: Any, flag: str, minimum: int | None = None, maximum: int | None = None,
@@ -145,3 +145,39 @@ def output_file(value: Any, flag: str = "--out") -> Path:
         raise UsageError(f"{flag} {value}: a folder; pass a file path inside it, e.g. {path / 'out.file'}")
     output_dir(path.parent, flag)
     return path
+
+
+def read_config(value: Any, what: str, hint: str) -> dict[str, Any]:
+    """The JSON object (or TOML table, by the ``.toml`` suffix) in a config file; ``what`` names it in
+    messages (e.g. ``"--config run.json"``), ``hint`` says what the file should be."""
+    import json
+
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{what}: a folder; pass the config file ({hint})")
+    if not path.is_file():
+        raise MissingFileError(f"{what}: file not found ({path.resolve()}); pass {hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as err:
+        raise UsageError(f"{what}: cannot be read as text ({err}); pass {hint}") from None
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError:
+                raise UsageError(f"{what}: TOML needs Python >= 3.11 (or the tomli package); use JSON") from None
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise UsageError(f"{what}: not valid TOML ({err}); pass {hint}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise UsageError(f"{what}: not valid JSON ({err}); pass {hint}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{what}: expected a JSON object (a TOML table), got {type(data).__name__}; pass {hint}")
+    return data

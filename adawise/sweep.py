@@ -314,32 +314,11 @@ def _safe(name: str) -> str:
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping in a ``.json`` or ``.toml`` file."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise SweepError(f"sweep config {p} is a folder; pass the .json or .toml file")
-    if not p.is_file():
-        raise SweepError(f"sweep config not found: {p.resolve()}; pass the path of a .json or .toml sweep config "
-                         "(see examples/sweep.json)")
     try:
-        text = p.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as err:
-        raise SweepError(f"{p}: cannot be read as text ({err}); pass a JSON or TOML file") from None
-    if p.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]
-            except ImportError as err:
-                raise SweepError(f"{p}: TOML needs Python >= 3.11 (or the tomli package); use JSON") from err
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise SweepError(f"{p}: not valid TOML ({err})") from None
-    try:
-        return json.loads(text)
-    except ValueError as err:
-        raise SweepError(f"{p}: not valid JSON ({err})") from None
+        return check.read_config(path, f"sweep config {path}", "a .json or .toml sweep config (see "
+                                 "examples/sweep.json)")
+    except UsageError as err:
+        raise SweepError(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------------

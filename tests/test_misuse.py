@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import TINY_CLASSES, TINY_CLIP_CFG, TINY_TEMPLATES, tiny_clip_model
 from imagenet_r_fixture import make_imagenet_r_folder
+from test_reliability import Evil
 
 import adawise
 from adawise.cli import main as cli_main
@@ -27,14 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "stream_imagenet_r.py"
 ACTIONABLE = ("pass", "choose", "must", "expected", "needs", "use ", "set ", "remove", "make", "known", "valid",
               "registered", "see ", "copy it", "delete", "rebuild", "wait", "drop")
-
-
-class Evil:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["Method", "evaluating"]
+__all__ = ["Method", "EndpointPair", "evaluating"]
 
 
 @contextlib.contextmanager
@@ -91,3 +91,17 @@ class Method(nn.Module):
     def _keep(self, **models: nn.Module | None) -> None:
         """Remember the given models by role, outside the module tree (not submodules)."""
         self.__dict__["_given"] = {role: m for role, m in models.items() if m is not None}
+
+
+class EndpointPair:
+    """Mixin for methods given both endpoints: ``zeroshot`` / ``finetuned`` read from :meth:`Method.endpoints`."""
+
+    @property
+    def zeroshot(self) -> nn.Module:
+        """The zero-shot model given to the method."""
+        return self.endpoints()["zeroshot"]  # type: ignore[attr-defined]
+
+    @property
+    def finetuned(self) -> nn.Module:
+        """The fine-tuned model given to the method."""
+        return self.endpoints()["finetuned"]  # type: ignore[attr-defined]

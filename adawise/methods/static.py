@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from adawise.errors import ModelMismatchError, UsageError
-from adawise.methods.base import Method, evaluating
+from adawise.methods.base import EndpointPair, Method, evaluating
 from adawise.methods.registry import register
 from adawise.weights import check_compatible, check_dtypes, interpolate
 
@@ -122,7 +122,7 @@ def mix_probabilities(logits_zs: Tensor, logits_ft: Tensor, w: Tensor | float) -
 
 
 @register("ose")
-class OutputEnsemble(Method):
+class OutputEnsemble(EndpointPair, Method):
     """Output-space ensemble: p = w·softmax(z_ft) + (1 − w)·softmax(z_zs); returns log p."""
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, w: float = 0.5) -> None:
@@ -136,14 +136,6 @@ class OutputEnsemble(Method):
         check_same_classes(zeroshot, finetuned, "ose")
         self._keep(zeroshot=zeroshot, finetuned=finetuned)
         self.w = float(w)
-
-    @property
-    def zeroshot(self) -> nn.Module:
-        return self.endpoints()["zeroshot"]
-
-    @property
-    def finetuned(self) -> nn.Module:
-        return self.endpoints()["finetuned"]
 
     def forward(self, images: Any) -> Tensor:
         with evaluating(self.zeroshot, self.finetuned):

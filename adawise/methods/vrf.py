@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adawise.errors import ModelMismatchError, UsageError
-from adawise.methods.base import Method, evaluating
+from adawise.methods.base import EndpointPair, Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_same_classes, mix_probabilities
 from adawise.zsf import ZSFIndex, check_encodes, vrf_weight
@@ -50,7 +50,7 @@ def check_index_models(index: ZSFIndex, zeroshot: nn.Module, finetuned: nn.Modul
 
 
 @register("vrf")
-class VRF(Method):
+class VRF(EndpointPair, Method):
     """Variance-reduction fine-tuning's sample-wise output ensemble; returns log-probabilities.
 
     Args:
@@ -89,14 +89,6 @@ class VRF(Method):
         self.check_hash = bool(check_hash)
         self._info: dict[str, Any] = {"forward_passes": 2.0}
         self.last_omega: Tensor | None = None
-
-    @property
-    def zeroshot(self) -> nn.Module:
-        return self.endpoints()["zeroshot"]
-
-    @property
-    def finetuned(self) -> nn.Module:
-        return self.endpoints()["finetuned"]
 
     def forward(self, images: Any) -> Tensor:
         with evaluating(self.zeroshot, self.finetuned):
