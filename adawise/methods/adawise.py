@@ -168,19 +168,26 @@ class AlphaEvaluator:
         rows = images[:4]
         first = next(iter(zeroshot.parameters()), None)
         counters, alpha = (self.passes, self.merges, self.seconds_forward, self.seconds_merge), self.space.alpha
+        given = rows
+        if first is not None:  # the zero-shot model where it lives, in its dtype (the engine may run elsewhere)
+            given = rows.to(first.device, dtype=first.dtype if rows.is_floating_point() else rows.dtype)
         with torch.no_grad(), evaluating(zeroshot):
-            ref = zeroshot(rows.to(first.dtype) if first is not None and rows.is_floating_point() else rows)
+            if self.amp_dtype is not None and first is not None:  # the same autocast as the engine's passes
+                with torch.autocast(first.device.type, dtype=self.amp_dtype):
+                    ref = zeroshot(given)
+            else:
+                ref = zeroshot(given)
             self.space.set_alpha(0.0)
             got = self._forward(rows)
         self.passes, self.merges, self.seconds_forward, self.seconds_merge = counters
         self.space.alpha = alpha  # the live weights are θ(0) now; the next pass merges its α again
         if not (torch.is_tensor(ref) and torch.is_tensor(got)):
             return
-        exact = self.amp_dtype is None and first is not None and first.dtype == self.dtype == torch.float32
-        tol = 1e-3 if exact else 5e-2
+        exact = first is not None and first.dtype == self.dtype == torch.float32 and first.device == self.device
+        tol = 1e-3 if exact and self.amp_dtype is None else 5e-2
         ok = ref.shape == got.shape
         if ok:
-            ref, got = ref.float(), got.float()
+            ref, got = ref.float().cpu(), got.float().cpu()
             both = torch.isfinite(ref) & torch.isfinite(got)
             err = float((got - ref)[both].norm() / (ref[both].norm() + 1e-6)) if bool(both.any()) else 0.0
             ok = err <= tol
