@@ -129,7 +129,7 @@ def _header(method: Method, stream: Stream, setting: str, seed: int, config: dic
         "setting": setting,
         "seed": seed,
         "weights": model_weights(method),
-        "stream": stream.describe(),
+        "stream": stream.describe() if callable(getattr(stream, "describe", None)) else {"type": type(stream).__name__},
         "config": config or {},
     }
     # what a stream reports after an iteration (files it skipped) is a result, not configuration: left
@@ -352,6 +352,12 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
         RunLockedError: another run is writing the same log.
         DataError: labels that are not class indices of the method's classes; a stream with no readable batch.
     """
+    if not isinstance(method, nn.Module) or not callable(getattr(method, "observe", None)):
+        raise InputTypeError(f"method must be an adawise Method (adawise.make_method builds one), got "
+                             f"{type(method).__name__}")
+    if not hasattr(stream, "__iter__") or isinstance(stream, (str, bytes, Tensor)):
+        raise InputTypeError(f"stream must be an iterable of streams.Batch (e.g. streams.from_tensors(images, "
+                             f"labels)), got {type(stream).__name__}")
     if setting not in SETTINGS:
         raise UsageError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -401,11 +407,15 @@ def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: 
     started = time.perf_counter()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(stream), desc=method.name, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=len(stream) if hasattr(stream, "__len__") else None, desc=method.name, disable=not progress,
+               leave=False, dynamic_ncols=True)
     seen = 0  # batches the stream has yielded
     skipped_before = 0
     try:
         for batch in stream:
+            if not all(hasattr(batch, k) for k in ("images", "labels", "domain", "index")):
+                raise InputTypeError(f"the stream yielded a {type(batch).__name__}, not a streams.Batch(images, labels, "
+                                     "domain, index); wrap your data with streams.from_tensors or yield Batch objects")
             sample = _pixel_sample(batch.images)
             fingerprint = batch_fingerprint(batch, sample)
             skipped_now = len(getattr(stream, "skipped", ()))

@@ -539,3 +539,17 @@ def test_a_stream_without_any_readable_batch_is_an_error(tmp_path) -> None:
         adawise.run_stream(Spy(), stream, progress=False)
     with pytest.raises(DataError, match="yielded no batch"):
         adawise.run_stream(Spy(), ListStream([]), progress=False)
+
+
+def test_what_is_not_a_method_or_a_stream_is_named() -> None:
+    from adawise.errors import InputTypeError
+    from streams.base import Batch
+
+    with pytest.raises(InputTypeError, match="method must be an adawise Method"):
+        adawise.run_stream("zeroshot", feature_stream(), progress=False)
+    with pytest.raises(InputTypeError, match="stream must be an iterable of streams.Batch"):
+        adawise.run_stream(Spy(), "images/", progress=False)
+    x, y = torch.rand(2, C), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(InputTypeError, match="yielded a tuple, not a streams.Batch"):
+        adawise.run_stream(Spy(), [(x, y)], progress=False)
+    assert adawise.run_stream(Spy(), [Batch(x, y, "d", 0)], progress=False).records[0]["n"] == 2  # a plain list
