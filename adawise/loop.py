@@ -414,8 +414,9 @@ def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: 
     try:
         for batch in stream:
             if not all(hasattr(batch, k) for k in ("images", "labels", "domain", "index")):
-                raise InputTypeError(f"the stream yielded a {type(batch).__name__}, not a streams.Batch(images, labels, "
-                                     "domain, index); wrap your data with streams.from_tensors or yield Batch objects")
+                raise InputTypeError(f"the stream yielded a {type(batch).__name__}, not a streams.Batch(images, "
+                                     "labels, domain, index); wrap your data with streams.from_tensors or yield Batch "
+                                     "objects")
             sample = _pixel_sample(batch.images)
             fingerprint = batch_fingerprint(batch, sample)
             skipped_now = len(getattr(stream, "skipped", ()))
