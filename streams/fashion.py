@@ -212,10 +212,18 @@ def _shifted(images: Tensor, name: str, seed: int, cache_dir: str | os.PathLike 
     if bool((q[:, :1] == q).all()):
         q = q[:, :1].contiguous()  # grey: one channel stored, replicated on reading
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"images": q}, str(tmp))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"images": q}, str(tmp))
+            os.replace(tmp, path)
+        except OSError as err:  # a file where the cache folder belongs, a read-only cache: run without it
+            import warnings
+
+            warnings.warn(f"cannot cache the shifted domain {name!r} in {path.parent} ({err}); computing it each time",
+                          stacklevel=2)
+            if tmp.is_file():
+                tmp.unlink()
     return q.float().div_(255.0).expand(-1, 3, -1, -1)
 
 

@@ -147,13 +147,13 @@ class ImageNetValFolder(Dataset):
 
     def __init__(self, root: str | os.PathLike[str], image_size: int = 224) -> None:
         from streams.corruptions import CORRUPTIONS
-        from streams.imagenet_r import IMAGENET_WNIDS, IMG_EXTENSIONS
+        from streams.imagenet_r import IMAGENET_WNIDS, list_folders, list_images
 
         self.root, self.image_size = Path(root).expanduser(), int(image_size)
         if not self.root.is_dir():
             raise FileNotFoundError(f"ImageNet validation folder not found: looked at {self.root}. "
                                     + IMAGENET_VAL_HELP)
-        folders = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
+        folders, self.scan_skipped = list_folders(self.root)  # symlink loops, unreadable entries: skipped
         if set(folders) & set(CORRUPTIONS):
             raise ValueError(
                 f"{self.root} looks like a pre-rendered ImageNet-C folder (<corruption>/<severity>/<wnid>); "
@@ -165,10 +165,12 @@ class ImageNetValFolder(Dataset):
             raise ValueError(f"{self.root} contains folder(s) that are not ImageNet wnids: {unknown[:5]}. "
                              + IMAGENET_VAL_HELP)
         self.samples: list[tuple[str, int]] = []
+        self.files: list[tuple[str, int]] = []
         for wnid in folders:
-            names = sorted(e.name for e in os.scandir(self.root / wnid)
-                           if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
-            self.samples += [(str(self.root / wnid / n), index[wnid]) for n in names]
+            names, problems = list_images(self.root / wnid)
+            self.scan_skipped += problems
+            self.samples += [(str(self.root / wnid / n), index[wnid]) for n, _ in names]
+            self.files += [(str(self.root / wnid / n), size) for n, size in names]
         if not self.samples:
             raise FileNotFoundError(f"no images under {self.root}/<wnid>/. " + IMAGENET_VAL_HELP)
 
@@ -177,16 +179,11 @@ class ImageNetValFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor | None, int, str, str | None]:
         """(image [3, S, S] or None, label, path, error or None)."""
-        from PIL import Image
-
-        from streams.imagenet_r import _clip_eval_transform, _to_rgb
+        from streams.imagenet_r import decode_image
 
         path, label = self.samples[i]
         try:
-            with Image.open(path) as img:
-                img.load()
-                rgb = _to_rgb(img)
-            return _clip_eval_transform(rgb, self.image_size), label, path, None
+            return decode_image(path, self.image_size), label, path, None
         except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never the run
             return None, label, path, f"{type(exc).__name__}: {exc}"
 
@@ -376,7 +373,7 @@ class CorruptionStream(Stream):
 
     def __iter__(self) -> Iterator[Batch]:
         """Yield batches in plan order; resets and refills ``skipped``."""
-        self.skipped = []
+        self.skipped = list(self.folder.scan_skipped) if self.folder is not None else []
         on_device = self.device is not None and self.device.type != "cpu"
         data = _PlanDataset(self, corrupt_here=not on_device)
         if self.num_workers > 0:
@@ -407,6 +404,11 @@ class CorruptionStream(Stream):
         d.update(base_images=self.num_base, images=self.num_images,
                  conditions=[f"{c}@{s}" if s else c for c, s in self.conditions],
                  setting=setting_for(self.spec), skipped=[list(s) for s in self.skipped])
+        if self.folder is not None:  # which files a resumed run must find again
+            from streams.imagenet_r import files_fingerprint
+
+            d.update(files_hash=files_fingerprint(self.folder.root, self.folder.files),
+                     unlisted=[list(s) for s in self.folder.scan_skipped])
         return d
 
 
