@@ -3,9 +3,10 @@
 For every corruption and severity, one batch of ``--batch`` (64) photos at 224 x 224 (the ten bundled
 photos of ``tests/imagenet_c_reference.py``, tiled): images per second of
 
-- the reference, image by image as ImageNet-C's loader calls it (a PIL image in; ``imagecorruptions-
-  imaug`` 1.1.5 for twelve corruptions, the transcription of Hendrycks's ``make_imagenet_c.py`` for
-  elastic_transform, frost and pixelate), on one CPU thread;
+- the reference, image by image as ImageNet-C's loader calls it (a PIL image in, its output as an
+  array out: ``np.asarray``, which also makes PIL decode the JPEG it returns lazily;
+  ``imagecorruptions-imaug`` 1.1.5 for twelve corruptions, the transcription of Hendrycks's
+  ``make_imagenet_c.py`` for elastic_transform, frost and pixelate), on one CPU thread;
 - ``streams.corruptions.corrupt`` on the whole batch (float32 ``[64, 3, 224, 224]`` in [0, 1]) on
   ``--device``.
 
@@ -111,8 +112,8 @@ def run(device_name: str, batch: int, severities: list[int], names: list[str], r
 
                     def reference_batch(function: Any = function, severity: int = severity, rep: int = rep) -> None:
                         np.random.seed(rep)
-                        for image in pil_images:
-                            function(image, severity)
+                        for image in pil_images:  # np.asarray: the output in hand (a PIL JPEG decodes lazily)
+                            np.asarray(function(image, severity))
 
                     if rep == 0:
                         function(pil_images[0], severity)  # warm-up (numba compiles glass blur)

@@ -236,35 +236,44 @@ def _box_taps(n_in: int, n_out: int, device: str) -> tuple[Tensor, Tensor, bool]
     return index.to(device), weight.to(device), bool(torch.all(weight == 1))
 
 
-def _box_axis(x: Tensor, n_out: int, dim: int) -> Tensor:
+def _box_axis(x: Tensor, n_out: int, dim: int, out: Tensor | None = None) -> Tensor:
     n_in = x.shape[dim]
     if n_in == n_out:
-        return x
+        return x if out is None else out.copy_(x)
     index, weight, unit = _box_taps(n_in, n_out, str(x.device))
     shape = [1] * x.dim()
     shape[dim] = n_out
     last = dim == x.dim() - 1
-    out = None
-    for tap in range(index.shape[0]):
+    taps = index.shape[0]
+    total = None
+    for tap in range(taps):
+        into = out if taps == 1 else None
         if last:  # gather with a broadcast index: much faster than index_select along the last dim
-            term = x.gather(dim, index[tap].expand(*x.shape[:-1], n_out))
+            index_shape = (*x.shape[:-1], n_out)
+            term = (torch.gather(x, dim, index[tap].expand(index_shape), out=into) if into is not None
+                    else x.gather(dim, index[tap].expand(index_shape)))
         else:
-            term = x.index_select(dim, index[tap])
+            term = (torch.index_select(x, dim, index[tap], out=into) if into is not None
+                    else x.index_select(dim, index[tap]))
         if not unit:
             term *= weight[tap].view(shape).to(x.dtype)
-        out = term if out is None else out.add_(term)
-    return out
+        total = term if total is None else total.add_(term)
+    if out is not None and taps > 1:
+        out.copy_(total)
+        return out
+    return total
 
 
-def box_resize(x: Tensor, height: int, width: int) -> Tensor:
-    """Resize the last two dims with PIL's ``BOX`` filter (separable: a few gathers per axis).
+def box_resize(x: Tensor, height: int, width: int, out: Tensor | None = None) -> Tensor:
+    """Resize the last two dims with PIL's ``BOX`` filter (separable: a few gathers per axis), into
+    ``out`` when given.
 
     Rows first when they shrink (less data for the slower column gathers), columns first otherwise.
     """
     rows, cols = x.dim() - 2, x.dim() - 1
     if height <= x.shape[rows]:
-        return _box_axis(_box_axis(x, height, rows), width, cols)
-    return _box_axis(_box_axis(x, width, cols), height, rows)
+        return _box_axis(_box_axis(x, height, rows), width, cols, out)
+    return _box_axis(_box_axis(x, width, cols), height, rows, out)
 
 
 _LUMA = (0.299, 0.587, 0.114)

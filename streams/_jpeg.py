@@ -118,8 +118,8 @@ def simulate_jpeg(x: Tensor, quality: int) -> Tensor:
 
 
 def to_uint8(x: Tensor) -> Tensor:
-    """``[B, C, H, W]`` in [0, 1] to uint8 by rounding (an 8-bit image, as PIL would hold it)."""
-    return x.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+    """``[B, C, H, W]`` in [0, 1] to uint8 by rounding half up (an 8-bit image, as PIL would hold it)."""
+    return x.mul(255.0).add_(0.5).to(torch.uint8)  # in [0.5, 255.5): truncation rounds
 
 
 @functools.lru_cache(maxsize=1)
@@ -138,8 +138,9 @@ def _torchvision_codec() -> bool:
         return False
 
 
-def codec_jpeg(x: Tensor, quality: int) -> Tensor:
-    """libjpeg encode + decode of each image of ``x [B, 3, H, W]`` (CPU, [0, 1]) at ``quality``."""
+def codec_jpeg(x: Tensor, quality: int, out: Tensor | None = None) -> Tensor:
+    """libjpeg encode + decode of each image of ``x [B, 3, H, W]`` (CPU, [0, 1]) at ``quality``, into
+    ``out`` when given (float32, same shape)."""
     pixels = to_uint8(x)
     if _torchvision_codec():
         from torchvision.io import decode_jpeg, encode_jpeg
@@ -156,9 +157,13 @@ def codec_jpeg(x: Tensor, quality: int) -> Tensor:
             Image.fromarray(image).save(buffer, "JPEG", quality=quality)
             frames.append(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
         decoded = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    return decoded.to(torch.float32).mul_(1.0 / 255.0)
+    return torch.mul(decoded, 1.0 / 255.0, out=out) if out is not None else decoded.to(torch.float32).mul_(1 / 255)
 
 
-def jpeg(x: Tensor, quality: int) -> Tensor:
-    """JPEG round trip at ``quality``: :func:`codec_jpeg` on the CPU, :func:`simulate_jpeg` elsewhere."""
-    return codec_jpeg(x, quality) if x.device.type == "cpu" else simulate_jpeg(x, quality)
+def jpeg(x: Tensor, quality: int, out: Tensor | None = None) -> Tensor:
+    """JPEG round trip at ``quality`` (into ``out`` when given): :func:`codec_jpeg` on the CPU,
+    :func:`simulate_jpeg` elsewhere."""
+    if x.device.type == "cpu":
+        return codec_jpeg(x, quality, out)
+    result = simulate_jpeg(x, quality).clamp_(0, 1)
+    return result if out is None else out.copy_(result)

@@ -28,29 +28,34 @@ def plasma_fractal(draws: Draws, mapsize: int, decay: float, stream: str = "plas
         raise ValueError(f"mapsize must be a power of two, got {mapsize}")
     batch = len(draws)
     grid = torch.zeros(batch, mapsize, mapsize, device=draws.device)
-    step, wibble, octave = mapsize, 100.0, 0
+    octaves = mapsize.bit_length() - 1
+    # One draw for every jitter of every octave (3 * (mapsize / step)^2 values per octave), sliced below.
+    jitter = draws.uniform(stream, (3 * sum(4**k for k in range(octaves)),), -1.0, 1.0)
+    offset, step, wibble = 0, mapsize, 100.0
 
-    def wibbled_mean(total: Tensor, part: str) -> Tensor:
-        jitter = draws.uniform(f"{stream}:{octave}:{part}", total.shape[1:], -1.0, 1.0)
-        return total / 4 + wibble * wibble * jitter
+    def wibbled_mean(total: Tensor) -> Tensor:
+        nonlocal offset
+        n = total.shape[1] * total.shape[2]
+        part = jitter[:, offset : offset + n].view_as(total)
+        offset += n
+        return total.mul_(0.25).add_(part, alpha=wibble * wibble)
 
     while step >= 2:
         half = step // 2
         corners = grid[:, 0::step, 0::step]
         squares = corners + corners.roll(-1, 1)
         squares = squares + squares.roll(-1, 2)
-        grid[:, half::step, half::step] = wibbled_mean(squares, "square")
+        grid[:, half::step, half::step] = wibbled_mean(squares)
         centres = grid[:, half::step, half::step]
         corners = grid[:, 0::step, 0::step]
         left = centres + centres.roll(1, 1) + corners + corners.roll(-1, 2)
-        grid[:, 0::step, half::step] = wibbled_mean(left, "left")
+        grid[:, 0::step, half::step] = wibbled_mean(left)
         top = centres + centres.roll(1, 2) + corners + corners.roll(-1, 1)
-        grid[:, half::step, 0::step] = wibbled_mean(top, "top")
+        grid[:, half::step, 0::step] = wibbled_mean(top)
         step //= 2
         wibble /= decay
-        octave += 1
     grid -= grid.amin(dim=(1, 2), keepdim=True)
-    return grid / grid.amax(dim=(1, 2), keepdim=True)
+    return grid.div_(grid.amax(dim=(1, 2), keepdim=True))
 
 
 def fog_field(draws: Draws, height: int, width: int, decay: float) -> Tensor:

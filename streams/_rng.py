@@ -169,6 +169,17 @@ class Draws:
         out.mul_(width * 2.0**-24).add_(low + width / 2)
         return out[:, :n].view(len(self), *shape) if n != 2 * half else out.view(len(self), *shape)
 
+    def uniform_bits(self, stream: str, n: int) -> tuple[Tensor, Tensor]:
+        """The uniforms of :meth:`uniform` for ``n`` values as signed 24-bit integers ``v`` (``u = v *
+        2^-24 + 1/2``): values ``0 .. ceil(n/2) - 1`` from the first tensor, the rest from the second."""
+        z = self.hashes(stream, (n + 1) // 2)
+        return z >> 40, (z.to(torch.int32) >> 8)[:, : n // 2]
+
+    @staticmethod
+    def bits_below(t: float) -> int:
+        """The integer ``limit`` with ``u < t  <=>  v < limit`` for :meth:`uniform_bits` values."""
+        return math.ceil(t * 2**24) - 2**23
+
     def normal(self, stream: str, shape: Sequence[int], mean: float = 0.0, std: float = 1.0) -> Tensor:
         """``N(mean, std^2)`` float32 ``[B, *shape]`` by Box-Muller (cosine and sine halves of each hash)."""
         n = math.prod(shape)

@@ -263,8 +263,9 @@ def apply_conditions(images: Tensor, conds: Tensor, conditions: Sequence[tuple[s
         name, severity = conditions[c]
         if name == CLEAN:
             continue
-        mask = (conds == c).to(images.device)
-        ids = indices[mask.cpu()]
+        host_mask = conds.cpu() == c
+        mask = host_mask.to(images.device)
+        ids = indices[host_mask]
         key = f"corrupt:{name}@{severity}"
         if severity:
             out[mask] = corrupt(images[mask], name, severity, seed=_seed(seed, key), indices=ids)

@@ -300,15 +300,25 @@ def test_motion_kernel_matches_imagecorruptions_shifts():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
+    from streams._rng import Draws, image_keys
+
     x = textured(2, 64)
+    keys = image_keys(4, x)
+    assert torch.equal(image_keys(4, x.cuda()).cpu(), keys)  # the same integers on both devices
+    assert torch.equal(Draws(keys.cuda()).hashes("s", 1000).cpu(), Draws(keys).hashes("s", 1000))
     for name in CORRUPTIONS:
         for severity in (1, 5):
             cpu = corrupt(x, name, severity, seed=4)
             gpu = corrupt(x.cuda(), name, severity, seed=4)
             assert gpu.device.type == "cuda"
             difference = (gpu.cpu() - cpu).abs()
-            # Same random draws; float rounding may flip a rare threshold (snow flakes, frost seeds).
-            assert difference.mean() < 1e-3 and (difference > 1e-3).float().mean() < 2e-3, (name, severity)
+            # Same random draws; float rounding may flip a rare threshold (snow flakes, 8-bit steps).
+            # jpeg_compression: libjpeg on the CPU, the batched simulation on CUDA (about 0.003 apart).
+            limit = 0.006 if name == "jpeg_compression" else 1e-3
+            assert difference.mean() < limit and (difference > 1e-3).float().mean() < 2e-2, (name, severity)
+    indices = torch.tensor([3, 9])
+    assert torch.allclose(corrupt(x.cuda(), "fog", 3, seed=1, indices=indices.cuda()).cpu(),
+                          corrupt(x, "fog", 3, seed=1, indices=indices), atol=1e-4)
 
 
 # ----- grid and command --------------------------------------------------------------------------
