@@ -88,10 +88,9 @@ def run(device_name: str, batch: int, severities: list[int], names: list[str], r
     x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).contiguous().to(device)
     reference: dict[tuple[str, int], float] = {}
     if device.type == "cpu":
-        from PIL import Image
-
         import cv2
         from imagenet_c_reference import raw_function
+        from PIL import Image
 
         cv2.setNumThreads(1)
         pil_images = [Image.fromarray(image) for image in images]

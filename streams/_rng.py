@@ -116,8 +116,8 @@ def check_indices(indices: Sequence[int] | Tensor, batch: int, device: torch.dev
         tensor = torch.tensor([int(v) for v in values], dtype=torch.int64)
     if tensor.dim() != 1 or tensor.numel() != batch:
         raise ValueError(f"indices must hold one index per image: shape ({batch},), got {tuple(tensor.shape)}")
-    if isinstance(indices, Tensor) and tensor.numel() and bool((tensor < 0).any()):
-        raise ValueError("indices must be non-negative dataset indices")
+    if isinstance(indices, Tensor) and tensor.device.type == "cpu" and tensor.numel() and bool((tensor < 0).any()):
+        raise ValueError("indices must be non-negative dataset indices")  # on a GPU: see corrupt's input check
     return tensor.to(device)
 
 
@@ -207,6 +207,6 @@ class Draws:
         inversion of two uniforms (the two halves of one hash; :func:`streams._poisson.poisson_counts`)."""
         n = rate[0].numel()
         z = self.hashes(stream, n)
-        v = ((z >> 40) + 2**23).to(torch.int32).view(rate.shape)  # 0 .. 2^24 - 1
+        v = (z >> 40).to(torch.int32).add_(2**23).view(rate.shape)  # 0 .. 2^24 - 1
         u_rest = (z.to(torch.int32) >> 8).to(torch.float32).mul_(2.0**-24).add_(0.5).view(rate.shape)
         return poisson_counts(rate.float(), v, u_rest, max_rate)

@@ -215,8 +215,7 @@ def _snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
 def _frost(x: Tensor, severity: int, draws: Draws, source: str = "texture") -> Tensor:
     image_weight, frost_weight = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))[severity - 1]
     _, _, h, w = x.shape
-    layer = frost_layer(draws, h, w, source)
-    return layer.mul_(frost_weight).add_(x, alpha=image_weight)
+    return frost_layer(draws, h, w, source, scale=frost_weight).add_(x, alpha=image_weight)
 
 
 def _fog(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -350,9 +349,16 @@ def _check(images: Tensor, name: str, severity: int) -> None:
         raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
 
 
-def _check_range(images: Tensor, clamp: bool) -> None:
-    """Refuse NaN, and values outside [0, 1] unless ``clamp`` (one host sync per call on a GPU)."""
-    low, high = (float(v) for v in torch.stack(torch.aminmax(images)).tolist())
+def _check_range(images: Tensor, clamp: bool, indices: Tensor | None = None) -> None:
+    """Refuse NaN, values outside [0, 1] unless ``clamp``, and negative ``indices`` (GPU tensors, which
+    :func:`check_indices` leaves to this check): one host sync per call on a GPU."""
+    stats = torch.stack(torch.aminmax(images))
+    if indices is not None and indices.device.type != "cpu":
+        stats = torch.cat([stats, indices.min().to(stats.dtype)[None]])
+    values = stats.tolist()
+    if len(values) > 2 and values[2] < 0:
+        raise ValueError("indices must be non-negative dataset indices")
+    low, high = (float(v) for v in values[:2])
     if math.isnan(low) or math.isnan(high):
         count = int(torch.isnan(images).sum())
         raise ValueError(f"images contain {count} NaN value(s); replace them first (e.g. torch.nan_to_num)")
@@ -417,7 +423,7 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int = 0,
     with torch.no_grad():
         for start, stop in groups:
             group = x[start:stop].float()
-            _check_range(group, clamp)
+            _check_range(group, clamp, None if index_tensor is None else index_tensor[start:stop])
             if clamp:
                 group = group.clamp(0, 1)
             draws = None

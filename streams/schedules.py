@@ -6,8 +6,9 @@ validation images ``<root>/<wnid>/*.JPEG``. A frozen :class:`~streams.base.Strea
 every choice (image order, corruption seeds), so every method iterating the same spec sees
 bit-identical batches. A base image's corruption under a condition depends only on the spec's seed,
 the condition and the image's base index (:func:`apply_conditions`), not on the batch size, the order
-or the other images of its batch: the corrupted test set is the same in every order. Corruptions are applied lazily, one batch at a time (on the CPU in loader
-workers, or on ``device``), so a long stream never holds its corrupted copies in memory.
+or the other images of its batch: the corrupted test set is the same in every order. Corruptions are
+applied lazily, one batch at a time (on the CPU in loader workers, or on ``device``), so a long stream
+never holds its corrupted copies in memory.
 
 Orders (``spec.order``; protocols of the online test-time-adaptation literature, e.g. Wang et al.,
 TENT, ICLR 2021, and the continual / gradual benchmarks of Döbler et al.'s test-time-adaptation repo):

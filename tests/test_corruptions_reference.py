@@ -18,8 +18,8 @@ import functools
 import numpy as np
 import pytest
 import torch
-
 from imagenet_c_reference import missing_reason
+
 from streams.corruptions import CORRUPTIONS, RANDOM_CORRUPTIONS, SEVERITIES, corrupt
 
 _MISSING = missing_reason()
@@ -49,7 +49,7 @@ def photos() -> np.ndarray:
     return _photos()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_outputs(name: str, severity: int) -> tuple[float, np.ndarray | None]:
     """The reference's strength at ``severity`` and, for a deterministic corruption, its outputs."""
     from imagenet_c_reference import reference_function
