@@ -187,8 +187,8 @@ def _shift_code_hash() -> str:
     import importlib
 
     digest = hashlib.sha256()
-    for module in ("streams.shifts", "streams.corruptions", "streams._imageops", "streams._noise", "streams._rng",
-                   "streams._poisson", "streams._frost", "streams._jpeg"):
+    for module in ("streams.shifts", "streams.corruptions", "streams._corruption_ops", "streams._imageops",
+                   "streams._noise", "streams._rng", "streams._poisson", "streams._frost", "streams._jpeg"):
         digest.update(Path(importlib.import_module(module).__file__).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -2,8 +2,9 @@
 
 Every shift maps a batch ``[B, 3, H, W]`` in [0, 1] to the same shape in [0, 1] and is deterministic
 given ``seed`` and, per image, its dataset index (``indices``; without, its content): an image's shift
-never depends on the other images of its batch (:mod:`streams._rng`). Corruptions wrap :func:`streams.corruptions.corrupt` (Hendrycks & Dietterich, ICLR 2019)
-at severity 5 (the online TTA protocol's); the rendition-like shifts (in the spirit of ImageNet-R's renditions) are:
+never depends on the other images of its batch (:mod:`streams._rng`). Corruptions wrap
+:func:`streams.corruptions.corrupt` (Hendrycks & Dietterich, ICLR 2019) at severity 5 (the online TTA
+protocol's); the rendition-like shifts (in the spirit of ImageNet-R's renditions) are:
 
 - ``invert``: the photographic negative, 1 − x;
 - ``rotate``: each image rotated by a random angle of 25-45 degrees, either direction;
