@@ -231,7 +231,7 @@ def _smoothing_gain(sigma: float) -> float:
 def _pixelate(x: Tensor, severity: int, draws: Draws | None, out: Tensor | None = None) -> Tensor:
     factor = (0.6, 0.5, 0.4, 0.3, 0.25)[severity - 1]
     h, w = x.shape[-2:]
-    small = ops.box_resize(x, max(1, int(h * factor)), max(1, int(w * factor))).clamp_(0, 1)
+    small = ops.box_resize(x, max(1, int(h * factor)), max(1, int(w * factor))).clamp(0, 1)
     return ops.box_resize(small, h, w, out=out)  # BOX upscaling only selects: in [0, 1]
 
 

@@ -196,6 +196,8 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int = 0,
                 result = function(group, int(severity), draws, out=target)
             else:
                 result = function(group, int(severity), draws, **options)
+                if target is None and result.data_ptr() == group.data_ptr():
+                    result = result.clone()  # e.g. a 1-pixel side that a resize leaves as it is
                 result = result.clamp_(0, 1) if target is None else torch.clamp(result, 0, 1, out=target)
             if out is None:
                 out = result.contiguous()

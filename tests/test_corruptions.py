@@ -109,6 +109,9 @@ def test_dtype_int_like_severity_tiny_and_empty_batch():
     assert torch.equal(corrupt(x, "fog", np.int64(2)), corrupt(x, "fog", 2))
     tiny = torch.rand(1, 3, 2, 3, generator=torch.Generator().manual_seed(0))
     assert all(corrupt(tiny, name, 5).shape == tiny.shape for name in CORRUPTIONS)
+    dot = torch.rand(2, 3, 1, 1, generator=torch.Generator().manual_seed(1))
+    for name in CORRUPTIONS:  # a new tensor, never the input (a 1-pixel resize is the identity)
+        assert corrupt(dot, name, 5).data_ptr() != dot.data_ptr(), name
     empty = torch.zeros(0, 3, 16, 16)
     assert corrupt(empty, "snow", 4).shape == (0, 3, 16, 16)
 
