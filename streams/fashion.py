@@ -126,7 +126,8 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
 
     Every domain holds the *same* ``per_domain`` test images (a seeded subset of t10k, as ImageNet-C
     corrupts the same validation images for every corruption), shifted once with a seed derived from
-    ``seed`` and the domain name, then ordered: ``"continual"`` (alias ``"shuffled"``) shuffles them
+    ``seed`` and the domain name and, per image, its t10k index (so an image's shift does not depend on
+    which others were picked with it), then ordered: ``"continual"`` (alias ``"shuffled"``) shuffles them
     with a per-domain seed, ``"class-sorted"`` sorts them by label so a batch holds one or two classes
     (same images and same shift draws as the shuffled stream, only the order differs). Shifted images
     are quantised to 8 bits, as ImageNet-C's stored images are, which also lets them be cached.
@@ -173,7 +174,7 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
     parts = []
     for name in tqdm(spec.domains, desc="shifting test images", disable=not progress, leave=False):
         domain_seed = zlib.crc32(f"{spec.seed}:{name}".encode())
-        shifted = _shifted(base_x, name, domain_seed, cache_dir)
+        shifted = _shifted(base_x, name, domain_seed, cache_dir, indices=pick)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(domain_seed))
         if spec.order == "class-sorted":
             perm = perm[torch.argsort(base_y[perm], stable=True)]
@@ -186,13 +187,19 @@ def _shift_code_hash() -> str:
     import importlib
 
     digest = hashlib.sha256()
-    for module in ("streams.shifts", "streams.corruptions", "streams._imageops", "streams._noise"):
+    for module in ("streams.shifts", "streams.corruptions", "streams._corruption_ops", "streams._imageops",
+                   "streams._noise", "streams._rng", "streams._poisson", "streams._frost", "streams._jpeg"):
         digest.update(Path(importlib.import_module(module).__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _shifted(images: Tensor, name: str, seed: int, cache_dir: str | os.PathLike | None) -> Tensor:
-    """``apply_shift`` quantised to 8 bits; with ``cache_dir``, read from / written to the disk cache."""
+def _shifted(images: Tensor, name: str, seed: int, cache_dir: str | os.PathLike | None,
+             indices: Tensor | None = None) -> Tensor:
+    """``apply_shift`` quantised to 8 bits; with ``cache_dir``, read from / written to the disk cache.
+
+    ``indices`` are the images' indices in the dataset (default: their positions): image ``i``'s random
+    draws depend only on ``seed`` and ``indices[i]``.
+    """
     from safetensors.torch import load_file, save_file
 
     from streams.shifts import apply_shift
@@ -201,6 +208,8 @@ def _shifted(images: Tensor, name: str, seed: int, cache_dir: str | os.PathLike 
     if cache_dir is not None:
         digest = hashlib.sha256(f"{name}:{seed}:{tuple(images.shape)}:{_shift_code_hash()}".encode())
         digest.update(images.mul(255).round().to(torch.uint8).numpy().tobytes())
+        if indices is not None:
+            digest.update(torch.as_tensor(indices, dtype=torch.int64).numpy().tobytes())
         path = Path(cache_dir) / f"{name.replace(':', '-')}-{digest.hexdigest()[:16]}.safetensors"
         if path.is_file():
             try:
@@ -208,7 +217,7 @@ def _shifted(images: Tensor, name: str, seed: int, cache_dir: str | os.PathLike 
                 return q.float().div_(255.0).expand(-1, 3, -1, -1)
             except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
                 pass
-    q = apply_shift(images, name, seed=seed).mul_(255.0).round_().to(torch.uint8)
+    q = apply_shift(images, name, seed=seed, indices=indices).mul_(255.0).round_().to(torch.uint8)
     if bool((q[:, :1] == q).all()):
         q = q[:, :1].contiguous()  # grey: one channel stored, replicated on reading
     if path is not None:

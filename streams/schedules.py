@@ -4,8 +4,11 @@ A corruption stream applies ImageNet-C corruptions (:mod:`streams.corruptions`) 
 clean images: an in-memory tensor (e.g. the Fashion-MNIST test set) or a folder of clean ImageNet
 validation images ``<root>/<wnid>/*.JPEG``. A frozen :class:`~streams.base.StreamSpec` and its seed fix
 every choice (image order, corruption seeds), so every method iterating the same spec sees
-bit-identical batches. Corruptions are applied lazily, one batch at a time (on the CPU in loader
-workers, or on ``device``), so a long stream never holds its corrupted copies in memory.
+bit-identical batches. A base image's corruption under a condition depends only on the spec's seed,
+the condition and the image's base index (:func:`apply_conditions`), not on the batch size, the order
+or the other images of its batch: the corrupted test set is the same in every order. Corruptions are
+applied lazily, one batch at a time (on the CPU in loader workers, or on ``device``), so a long stream
+never holds its corrupted copies in memory.
 
 Orders (``spec.order``; protocols of the online test-time-adaptation literature, e.g. Wang et al.,
 TENT, ICLR 2021, and the continual / gradual benchmarks of Döbler et al.'s test-time-adaptation repo):
@@ -207,7 +210,7 @@ class _Planned:
     domain: str
     indices: Tensor  # base-image indices
     conds: Tensor  # condition id per image (index into the stream's ``conditions``)
-    position: int  # position in the plan (keys the corruption seeds)
+    position: int  # position in the plan
 
 
 class _PlanDataset(Dataset):
@@ -236,9 +239,10 @@ class _PlanDataset(Dataset):
             images = torch.stack([items[j][0] for j in ok])
             labels = torch.tensor([items[j][1] for j in ok], dtype=torch.long)
             conds = planned.conds[ok]
+        indices = planned.indices if self.folder is None else planned.indices[ok]
         if self.corrupt_here:
-            images = apply_conditions(images, conds, self.conditions, self.seed, planned.position)
-        return {"images": images, "labels": labels, "conds": conds, "skipped": skipped}
+            images = apply_conditions(images, conds, self.conditions, self.seed, indices)
+        return {"images": images, "labels": labels, "conds": conds, "indices": indices, "skipped": skipped}
 
 
 def _identity(x: Any) -> Any:
@@ -246,9 +250,10 @@ def _identity(x: Any) -> Any:
 
 
 def apply_conditions(images: Tensor, conds: Tensor, conditions: Sequence[tuple[str, int]], seed: int,
-                     position: int) -> Tensor:
-    """Corrupt each group of ``images`` sharing a condition, with a seed fixed by (spec seed,
-    condition, plan position); ``"clean"`` is left unchanged."""
+                     indices: Tensor) -> Tensor:
+    """Corrupt each group of ``images`` sharing a condition with a seed fixed by (spec seed, condition)
+    and the images' base indices, so a base image gets the same corruption under a condition at any
+    batch size, position or order; ``"clean"`` is left unchanged."""
     from streams.corruptions import corrupt
 
     out = images.clone()
@@ -256,14 +261,16 @@ def apply_conditions(images: Tensor, conds: Tensor, conditions: Sequence[tuple[s
         name, severity = conditions[c]
         if name == CLEAN:
             continue
-        mask = (conds == c).to(images.device)
-        key = f"corrupt:{name}@{severity}:{position}"
+        host_mask = conds.cpu() == c
+        mask = host_mask.to(images.device)
+        ids = indices[host_mask]
+        key = f"corrupt:{name}@{severity}"
         if severity:
-            out[mask] = corrupt(images[mask], name, severity, seed=_seed(seed, key))
+            out[mask] = corrupt(images[mask], name, severity, seed=_seed(seed, key), indices=ids)
         else:  # a severity-free shift of streams.shifts
             from streams.shifts import get_shift
 
-            out[mask] = get_shift(name)(images[mask].contiguous(), _seed(seed, key))
+            out[mask] = get_shift(name)(images[mask].contiguous(), _seed(seed, key), ids)
     return out
 
 
@@ -393,7 +400,7 @@ class CorruptionStream(Stream):
             images = out["images"]
             if on_device:
                 images = apply_conditions(images.to(self.device, non_blocking=True), out["conds"],
-                                          self.conditions, self.spec.seed, planned.position)
+                                          self.conditions, self.spec.seed, out["indices"])
             yield Batch(images, out["labels"], planned.domain, index)
             index += 1
         if self.skipped:
