@@ -7,6 +7,9 @@ Public API (resolved lazily, so ``import adawise`` stays fast)::
     logits = engine(images)                         # predict at the best alpha found on this batch
     method = adawise.make_method("vrf", zeroshot=zs, finetuned=ft, index=...)
     result = adawise.run_stream(method, stream, log="runs/x.jsonl")
+
+Every error a caller can cause is an :class:`adawise.AdawiseError` (each also a ``ValueError``,
+``TypeError``, ``FileNotFoundError``, ... as fits; see :mod:`adawise.errors`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ _EXPORTS = {
     "ZSFIndex": "adawise.zsf",
     "build_zsf_index": "adawise.zsf",
     "load_embedded": "adawise.models.embedded",
+    **{name: "adawise.errors" for name in (
+        "AdawiseError", "UsageError", "InputTypeError", "MissingFileError", "AccessError", "DataError",
+        "CheckpointError", "UntrustedPickleError", "ModelMismatchError", "StateDictMismatchError", "LogError",
+        "ResumeError", "RunLockedError", "UnknownNameError")},
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

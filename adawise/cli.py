@@ -1,6 +1,9 @@
 """The ``adawise`` command: one subcommand per module, imported only when used.
 
-Each command module exposes ``add_arguments(parser)`` and ``main(args) -> int``.
+Each command module exposes ``add_arguments(parser)`` and ``main(args) -> int``. A misuse ends with exit
+code 2 and one line on stderr: argparse's own errors (a missing or malformed option) and every
+:class:`~adawise.errors.AdawiseError` a command raises. Any other exception is a bug and ends in a
+traceback (no catch-all).
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import importlib.util
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from adawise.errors import AdawiseError, one_line
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,9 +30,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with errors on one line: ``PROG: error: MESSAGE (see PROG --help)``, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def guarded(prog: str, main: Callable[..., Any], *args: Any) -> int:
+    """``main(*args)`` as an exit code: an :class:`~adawise.errors.AdawiseError` becomes exit code 2 and
+    one line on stderr naming ``prog``; every other exception propagates (a bug shows its traceback)."""
+    try:
+        return int(main(*args) or 0)
+    except AdawiseError as err:
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per available command."""
-    parser = argparse.ArgumentParser(prog="adawise", description="Test-time adaptation of weight-space ensembles.")
+    parser = ArgumentParser(prog="adawise", description="Test-time adaptation of weight-space ensembles.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -52,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"adawise {name}: not built yet in this version", file=sys.stderr)
         return 2
     module = importlib.import_module(module_name)
-    sub = argparse.ArgumentParser(prog=f"adawise {name}", description=help_text)
+    sub = ArgumentParser(prog=f"adawise {name}", description=help_text,
+                         epilog=getattr(module, "EPILOG", None), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
@@ -63,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler.addFilter(_quiet_libraries)
         # open_clip scripts a helper with torch.jit at import time; torch >= 2.10 warns about it
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-    return int(module.main(args) or 0)
+    return guarded(f"adawise {name}", module.main, args)
 
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:

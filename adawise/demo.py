@@ -21,6 +21,10 @@ stream: e2e writes into ``--out`` exactly what a run without the option writes, 
 ``summary-<endpoint>.json`` into ``--out`` and its logs, table and plots into ``--out/<endpoint>/``. With
 several endpoints :mod:`adawise.demo_endpoints` then compares them (``endpoints.md``, ``endpoints.json``,
 ``endpoints.png``).
+
+Every option is checked before the world is built or loaded (:func:`check_args`: a first run trains for
+minutes); a misuse is an :class:`~adawise.errors.AdawiseError` naming the option (exit code 2). The output
+folder is locked while the demo writes it.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from adawise import options as check
+from adawise.errors import MissingFileError, UsageError
 from adawise.methods.base import Method
 from adawise.methods.registry import make_method, registered_methods
 
-__all__ = ["add_arguments", "main", "run_demo"]
+__all__ = ["add_arguments", "main", "run_demo", "check_args"]
 
 log = logging.getLogger(__name__)
 
@@ -218,14 +224,86 @@ def _zsf_index(world: Any, args: argparse.Namespace) -> Any:
     return index
 
 
+def _alphas(text: Any) -> list[float]:
+    from adawise.methods.ablations import alpha_grid
+
+    if not isinstance(text, str):
+        raise UsageError(f"--alphas must be comma-separated numbers or a count, got {text!r}")
+    try:
+        grid = int(text) if text.strip().isdigit() else [float(a) for a in text.split(",") if a.strip()]
+        alphas = alpha_grid(grid)
+    except ValueError as err:
+        raise UsageError(f"--alphas {text!r}: {err}; pass numbers in [0, 1] such as 0,0.5,1, or a count such as 11"
+                         ) from None
+    if not {0.0, 1.0} <= set(alphas):
+        raise UsageError(f"--alphas: the α grid must contain 0 and 1 (the endpoints), got {alphas}")
+    return alphas
+
+
+def check_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Every option checked before any world is built or loaded; returns the parsed ``names``, ``alphas``,
+    ``domains`` and ``recipes``."""
+    from adawise.methods.adawise import PRESETS
+    from streams.fashion import FashionMNISTError, find_root
+    from streams.shifts import get_shift
+
+    check.integer(args.per_domain, "--per-domain", minimum=1, maximum=10000)
+    check.integer(args.batch_size, "--batch-size", minimum=1)
+    check.integer(args.seed, "--seed", minimum=0, maximum=2**63 - 1)
+    check.integer(args.threads, "--threads", minimum=0)
+    known = registered_methods()
+    names = [n.strip() for n in args.methods.split(",") if n.strip()] if args.methods else [
+        m for m in known if "faithful" not in m]
+    unknown = sorted(set(names) - set(known))
+    if unknown or not names:
+        raise UsageError(f"--methods: unknown methods {unknown or [args.methods]}; registered: {', '.join(known)}")
+    alphas = _alphas(args.alphas)
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset {args.preset!r}: choose from {', '.join(PRESETS)}")
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
+    for d in domains or []:
+        try:
+            get_shift(d)
+        except (KeyError, ValueError) as err:
+            raise UsageError(f"--domains: {str(err).strip(chr(39))}; pass shift names of streams.shifts.SHIFTS "
+                             "(e.g. clean,gaussian_noise:3,invert)") from None
+    if domains is not None and not domains:
+        raise UsageError("--domains is empty; pass comma-separated shift names such as clean,gaussian_noise")
+    recipes = _endpoints(args, domains)
+    if recipes is None:
+        from adawise.models.embedded import EmbeddedRecipe
+
+        _resolve_recipe(EmbeddedRecipe, args.recipe)
+    if args.data is not None:
+        check.input_dir(args.data, "--data", "Fashion-MNIST folder")
+    try:
+        find_root(args.data)
+    except FashionMNISTError as err:
+        raise MissingFileError(f"--data: {err}") from None
+    check.output_dir(args.out, "--out")
+    return {"names": names, "alphas": alphas, "domains": domains, "recipes": recipes}
+
+
+def _resolve_recipe(cls: Any, recipe: Any) -> Any:
+    """``EmbeddedRecipe.resolve`` with every way a recipe can be wrong as a UsageError naming --recipe."""
+    try:
+        return cls.resolve(recipe)
+    except (ValueError, TypeError, KeyError) as err:
+        raise UsageError(f"--recipe {recipe}: {err}") from None
+
+
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Everything ``adawise demo`` does; returns the summary that is written to ``summary.json`` (with
     several ``--recipes``: the combined numbers written to ``endpoints.json``)."""
+    from adawise.logs import exclusive
+
+    checked = check_args(args)
     threads = torch.get_num_threads()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
-        return _run(args)
+        with exclusive(Path(args.out)):
+            return _run(args, checked)
     finally:
         torch.set_num_threads(threads)
 
@@ -241,29 +319,16 @@ def _endpoints(args: argparse.Namespace, domains: list[str] | None) -> dict[str,
     unknown = [n for n in names if n not in ENDPOINTS]
     if unknown or not names or len(set(names)) < len(names):
         problem = f"unknown endpoints {', '.join(unknown)}" if unknown else "endpoints must be distinct and not empty"
-        raise SystemExit(f"adawise demo: --recipes {args.recipes!r}: {problem}; valid: {', '.join(ENDPOINTS)}")
+        raise UsageError(f"--recipes {args.recipes!r}: {problem}; valid: {', '.join(ENDPOINTS)}")
     if len(names) > 1 and domains is not None and len(domains) < 2:
-        raise SystemExit("adawise demo: several --recipes are compared on the mean over the shifts: --domains needs "
+        raise UsageError("several --recipes are compared on the mean over the shifts: --domains needs "
                          "at least one shift after the first (in-distribution) domain")
-    try:
-        base = EmbeddedRecipe.resolve(args.recipe)
-    except ValueError as err:
-        raise SystemExit(f"adawise demo: --recipe: {err}") from err
+    base = _resolve_recipe(EmbeddedRecipe, args.recipe)
     return {name: base.with_endpoint(name) for name in names}
 
 
-def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from adawise.methods.ablations import alpha_grid
-
-    names = args.methods.split(",") if args.methods else [m for m in registered_methods() if "faithful" not in m]
-    unknown = sorted(set(names) - set(registered_methods()))
-    if unknown:
-        raise SystemExit(f"adawise demo: unknown methods {unknown}; registered: {', '.join(registered_methods())}")
-    alphas = alpha_grid(int(args.alphas) if args.alphas.isdigit() else [float(a) for a in args.alphas.split(",")])
-    if not {0.0, 1.0} <= set(alphas):
-        raise SystemExit(f"adawise demo: the α grid must contain 0 and 1 (the endpoints), got {alphas}")
-    domains = args.domains.split(",") if args.domains else None
-    recipes = _endpoints(args, domains)
+def _run(args: argparse.Namespace, checked: dict[str, Any]) -> dict[str, Any]:
+    names, alphas, domains, recipes = (checked[k] for k in ("names", "alphas", "domains", "recipes"))
     out = Path(args.out)
     if recipes is None:
         return _run_world(args, args.recipe, out, out / "summary.json", names, alphas, domains, retrain=args.retrain)

@@ -12,6 +12,11 @@ Shared by ``adawise run`` (:mod:`adawise.run_cmd`) and ``examples/stream_imagene
 
 Files written under ``--out``: ``<method>.jsonl`` and ``<method>.txt`` per method, ``table.md``,
 ``accuracy.png``, ``alpha.png`` and ``config.json`` (pass it back with ``--config`` to repeat a run).
+
+Every option (from the command line or ``--config``) is checked before the data is scanned and the models
+are loaded (:func:`check_args`); a misuse is an :class:`~adawise.errors.AdawiseError` naming the option and
+what to pass (exit code 2). The output folder is locked for the run: a second run into it is refused. A
+refused ``--resume`` leaves ``config.json`` as it was (it is rewritten only once every log resumed).
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from adawise import options as check
+from adawise.errors import AccessError, MissingFileError, UsageError
 from streams.base import Stream, StreamSpec
 
 __all__ = [
     "DEFAULT_METHODS", "STREAMS", "UsageError", "add_arguments", "main", "load_models", "run_methods",
-    "write_summary", "missing_inputs_message", "default_head_cache", "parse_arch", "image_size_of",
+    "write_summary", "missing_inputs_message", "default_head_cache", "parse_arch", "image_size_of", "check_args",
+    "check_method_options", "EPILOG",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,8 +53,13 @@ _RUN_ONLY = {"methods", "resume", "no_progress", "config", "out", "workers", "ve
 _LIST_OPTIONS = {"methods", "renditions", "corruptions"}
 
 
-class UsageError(Exception):
-    """Bad or missing command-line input; the message says what to pass. Exit code 2."""
+EPILOG = """examples:
+  adawise run --stream imagenet-r --data ~/data/imagenet-r --arch ViT-B-16-quickgelu \\
+      --pretrained ~/weights/vit_b_16_openai.bin --finetuned ~/weights/wiseft_ft.safetensors \\
+      --methods zeroshot,finetuned,wiseft,ose,adawise --out runs/inr
+  adawise run --stream imagenet-c --data ~/data/imagenet/val --order gradual --corruptions fog,snow \\
+      --pretrained clip.bin --finetuned ft.safetensors --method-option adawise.preset=faithful
+  adawise run --config runs/inr/config.json --resume   # continue an interrupted run"""
 
 
 # --- messages ---------------------------------------------------------------------------------------
@@ -83,9 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser, streams: Sequence[str] = STRE
     """Add the experiment options to ``parser``; ``streams`` limits ``--stream`` (one: no option)."""
     defaults: dict[str, Any] = {}
 
+    actions: dict[str, Any] = {}
+
     def add(group: Any, *flags: str, **kw: Any) -> None:
         action = group.add_argument(*flags, **kw)
         defaults[action.dest] = action.default
+        actions[action.dest] = action
 
     data = parser.add_argument_group("stream")
     if len(streams) > 1:
@@ -127,7 +143,8 @@ def add_arguments(parser: argparse.ArgumentParser, streams: Sequence[str] = STRE
     add(methods, "--ose-w", type=float, default=0.5, help="ose: the fine-tuned weight w (default 0.5)")
     add(methods, "--vrf-index", help="vrf: a Zero-Shot-Failure index file (build one with `adawise vrf-index`)")
     add(methods, "--method-option", action="append", default=[], metavar="NAME.KEY=VALUE",
-        help="extra method option, e.g. adawise.iterations=5 (repeatable; VALUE parsed as JSON if it can be)")
+        help="extra method option, e.g. adawise.probe_every=2 or adawise.preset=faithful (repeatable; VALUE "
+             "parsed as JSON if it can be)")
 
     run = parser.add_argument_group("run")
     add(run, "--setting", choices=["continual", "reset_each_shift"],
@@ -138,26 +155,33 @@ def add_arguments(parser: argparse.ArgumentParser, streams: Sequence[str] = STRE
     add(run, "--no-progress", action="store_true", help="no progress bars")
     add(run, "--config", help="JSON (or TOML) file of options (keys as the long option names); options "
                               "given on the command line win; <out>/config.json of a run repeats it")
-    parser.set_defaults(_experiment_defaults=defaults)
+    parser.set_defaults(_experiment_defaults=defaults, _experiment_actions=actions)
 
 
 def _load_config(path: str) -> dict[str, Any]:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UsageError(f"--config: file not found: {p.resolve()}")
-    if p.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError as err:  # Python 3.10
-            raise UsageError(f"--config {p}: TOML needs Python >= 3.11; use a JSON file") from err
-        return tomllib.loads(p.read_text())
-    try:
-        data = json.loads(p.read_text())
-    except ValueError as err:
-        raise UsageError(f"--config {p}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {p}: expected a JSON object of options")
-    return data
+    return check.read_config(path, f"--config {path}", "a JSON or TOML file of options (a run's <out>/config.json "
+                             "repeats it)")
+
+
+def _config_value(path: str, key: str, value: Any, action: Any) -> Any:
+    """A config file's value for ``action``'s option, with the type the command line would give it."""
+    flag = f"--config {path}: {key!r}"
+    if action is None:
+        return value
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise UsageError(f"{flag} must be true or false, got {value!r}")
+    elif action.type in (int, float):
+        if value is not None:
+            value = check.integer(value, flag) if action.type is int else check.number(value, flag)
+    elif isinstance(action, argparse._AppendAction):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{flag} must be a list of NAME.KEY=VALUE strings (or a mapping), got {value!r}")
+    elif value is not None and not isinstance(value, str):
+        raise UsageError(f"{flag} must be a string, got {value!r}")
+    if action.choices is not None and value is not None and value not in action.choices:
+        raise UsageError(f"{flag} is {value!r}; choose from {', '.join(map(str, action.choices))}")
+    return value
 
 
 def apply_config(args: argparse.Namespace) -> argparse.Namespace:
@@ -165,20 +189,27 @@ def apply_config(args: argparse.Namespace) -> argparse.Namespace:
     if not getattr(args, "config", None):
         return args
     defaults: dict[str, Any] = getattr(args, "_experiment_defaults", {})
+    actions: dict[str, Any] = getattr(args, "_experiment_actions", {})
     for key, value in _load_config(args.config).items():
         dest = key.replace("-", "_")
-        if dest in ("config", "verbose", "_experiment_defaults"):
+        if dest in ("config", "verbose", "_experiment_defaults", "_experiment_actions"):
             continue
         if dest == "stream" and "stream" not in defaults:  # the example fixes its stream
             if value != args.stream:
-                raise UsageError(f"--config {args.config}: stream {value!r}, but this command runs {args.stream}")
+                raise UsageError(f"--config {args.config}: stream {value!r}, but this command runs {args.stream}; pass "
+                                 f"a config for {args.stream} (or use `adawise run --stream {value}`)")
             continue
         if dest not in defaults:
             raise UsageError(f"--config {args.config}: unknown option {key!r}; known: {', '.join(sorted(defaults))}")
         if dest in _LIST_OPTIONS and isinstance(value, (list, tuple)):
-            value = ",".join(map(str, value))
+            if not all(isinstance(v, str) for v in value):
+                raise UsageError(f"--config {args.config}: {key!r} must be a list of names, got {value!r}")
+            value = ",".join(value)
         if dest == "method_option" and isinstance(value, Mapping):
+            if not all(isinstance(o, Mapping) for o in value.values()):
+                raise UsageError(f"--config {args.config}: 'method_option' maps method names to {{option: value}}")
             value = [f"{m}.{k}={json.dumps(v)}" for m, opts in value.items() for k, v in opts.items()]
+        value = _config_value(args.config, key, value, actions.get(dest))
         if getattr(args, dest) == defaults[dest]:
             setattr(args, dest, value)
     return args
@@ -188,10 +219,13 @@ def _split(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def _method_options(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
+    """Options per method, and the flag each (method, key) came from (for messages)."""
     opts: dict[str, dict[str, Any]] = {"wiseft": {"alpha": args.alpha}, "ose": {"w": args.ose_w}}
+    flags = {("wiseft", "alpha"): f"--alpha {args.alpha}", ("ose", "w"): f"--ose-w {args.ose_w}"}
     if args.vrf_index:
         opts["vrf"] = {"index": str(Path(args.vrf_index).expanduser())}
+        flags[("vrf", "index")] = "--vrf-index"
     for item in args.method_option or []:
         name_key, sep, raw = item.partition("=")
         name, dot, key = name_key.partition(".")
@@ -202,7 +236,43 @@ def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         except ValueError:
             value = raw
         opts.setdefault(name, {})[key] = value
-    return opts
+        flags[(name, key)] = f"--method-option {item}"
+    return opts, flags
+
+
+def check_method_options(methods: Sequence[str], opts: Mapping[str, Mapping[str, Any]],
+                         flags: Mapping[tuple[str, str], str] | None = None) -> None:
+    """Refuse options no method can take: an unknown method name, an unknown key, a value the method's
+    constructor refuses. Each method to run is built once around two tiny stand-in models (milliseconds),
+    so its own checks run before any real model is loaded; ``vrf``'s index file is only checked to exist."""
+    import inspect
+
+    from adawise.methods.registry import _REGISTRY, make_method, registered_methods
+
+    flags = flags or {}
+    known = registered_methods()
+    for name, o in opts.items():
+        if name not in known:
+            flag = next(iter(flags.get((name, k), f"{name}.{k}") for k in o))
+            raise UsageError(f"{flag}: there is no method {name!r}; registered methods: {', '.join(known)}")
+    for name in methods:
+        o = dict(opts.get(name, {}))
+        where = " / ".join(sorted({flags.get((name, k), f"{name}.{k}") for k in o})) or f"method {name}"
+        if name == "vrf":
+            params = inspect.signature(_REGISTRY["vrf"]).parameters
+            unknown = sorted(set(o) - set(params) - {"zeroshot", "finetuned"})
+            if unknown:
+                raise UsageError(f"{where}: vrf has no option {unknown}; known: "
+                                 f"{', '.join(p for p in params if p not in ('self', 'zeroshot', 'finetuned'))}")
+            if o.get("index") is not None:
+                check.input_file(o["index"], flags.get(("vrf", "index"), "vrf.index"), "ZSF index file")
+            continue
+        torch.manual_seed(0)
+        stand_in = (nn.Linear(2, 2), nn.Linear(2, 2))
+        try:
+            make_method(name, zeroshot=stand_in[0], finetuned=stand_in[1], **o)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"{where}: {err}") from None
 
 
 def _resolve_methods(args: argparse.Namespace) -> list[str]:
@@ -210,10 +280,13 @@ def _resolve_methods(args: argparse.Namespace) -> list[str]:
 
     known = set(registered_methods())
     if args.methods:
+        if not isinstance(args.methods, str):
+            raise UsageError(f"--methods must be comma-separated names, got {args.methods!r}")
         names = list(dict.fromkeys(_split(args.methods)))
         unknown = [n for n in names if n not in known]
-        if unknown:
-            raise UsageError(f"unknown method(s) {unknown}; registered methods: {', '.join(sorted(known))}")
+        if unknown or not names:
+            raise UsageError(f"--methods: unknown method(s) {unknown or [args.methods]}; registered methods: "
+                             f"{', '.join(sorted(known))}")
         return names
     names = [n for n in DEFAULT_METHODS if n in known]
     missing = [n for n in DEFAULT_METHODS if n not in known]
@@ -229,13 +302,28 @@ def parse_arch(arch: str | dict[str, Any]) -> str | dict[str, Any]:
     """An open_clip architecture name, or the config dict in a ``.json`` file."""
     if isinstance(arch, dict):
         return arch
+    if not isinstance(arch, str) or not arch:
+        raise UsageError(f"--arch must be an open_clip architecture name or a JSON file, got {arch!r}")
     if arch.lower().endswith(".json"):
         path = Path(arch).expanduser()
         if not path.is_file():
-            raise UsageError(f"--arch {arch}: JSON config file not found ({path.resolve()})")
-        cfg = json.loads(path.read_text())
-        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-            raise UsageError(f"--arch {arch}: an open_clip config needs embed_dim, vision_cfg and text_cfg")
+            raise MissingFileError(f"--arch {arch}: JSON config file not found ({path.resolve()}); pass an open_clip "
+                                   "architecture name (e.g. ViT-B-16) or an existing JSON config")
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:
+            raise UsageError(f"--arch {arch}: not a valid JSON file ({err})") from None
+        if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            raise UsageError(f"--arch {arch}: an open_clip config is a JSON object with embed_dim, vision_cfg and "
+                             "text_cfg")
+        if not (isinstance(cfg["embed_dim"], int) and not isinstance(cfg["embed_dim"], bool) and cfg["embed_dim"] > 0
+                and isinstance(cfg["vision_cfg"], dict) and isinstance(cfg["text_cfg"], dict)):
+            raise UsageError(f"--arch {arch}: embed_dim must be a positive integer and vision_cfg / text_cfg JSON "
+                             "objects (open_clip's field names)")
+        size = cfg["vision_cfg"].get("image_size", 224)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                   for v in (size if isinstance(size, (list, tuple)) else [size])):
+            raise UsageError(f"--arch {arch}: vision_cfg.image_size must be a positive integer, got {size!r}")
         return cfg
     import open_clip
 
@@ -372,19 +460,74 @@ def write_summary(results: Mapping[str, Any], out: str | os.PathLike, domains: S
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
+    from adawise.models.checkpoints import probe_checkpoint
+
     missing = [flag for flag, value in (("--data", args.data), ("--pretrained", args.pretrained),
                                         ("--finetuned", args.finetuned)) if not value]
     if missing:
         raise UsageError(missing_inputs_message(args.stream, missing))
-    for flag, value in (("--pretrained", args.pretrained), ("--finetuned", args.finetuned),
-                        ("--vrf-index", args.vrf_index)):
+    for flag, value in (("--pretrained", args.pretrained), ("--finetuned", args.finetuned)):
         path = _weights_path(value)
-        if path is not None and not Path(path).is_file():
-            raise UsageError(f"{flag} {value}: file not found (looked at {Path(path).resolve()}).\n"
-                             + missing_inputs_message(args.stream, [flag]))
-    if not Path(args.data).expanduser().is_dir():
-        raise UsageError(f"--data {args.data}: folder not found (looked at {Path(args.data).expanduser().resolve()}).\n"
-                         + missing_inputs_message(args.stream, ["--data"]))
+        if path is None:
+            continue
+        try:
+            check.input_file(path, f"{flag}", "weights file")
+        except MissingFileError:
+            raise MissingFileError(f"{flag} {value}: file not found (looked at {Path(path).resolve()}).\n"
+                                   + missing_inputs_message(args.stream, [flag])) from None
+        probe_checkpoint(path)  # a JSON file, random bytes or a cut safetensors header: refused now
+    try:
+        check.input_dir(args.data, "--data", "data folder")
+    except MissingFileError:
+        raise MissingFileError(f"--data {args.data}: folder not found (looked at "
+                               f"{Path(args.data).expanduser().resolve()}).\n"
+                               + missing_inputs_message(args.stream, ["--data"])) from None
+
+
+def _check_batch_memory(batch_size: int, image_size: int) -> None:
+    """Refuse a batch that could not fit in this machine's memory (decoded, float32, twice: loader and model)."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = 2 * batch_size * 3 * image_size * image_size * 4
+    if need > memory / 2:
+        raise UsageError(f"--batch-size {batch_size}: one batch of {image_size}x{image_size} images needs about "
+                         f"{need / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.0f} GiB; pass a "
+                         "smaller --batch-size (64 is the default)")
+
+
+def check_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Every option of ``args`` checked, cheapest first, before any data or model is read; returns what the
+    run needs: ``methods``, ``method_options``, ``device``, ``arch``, ``out``."""
+    from adawise.models.clip import resolve_templates
+
+    check.integer(args.batch_size, "--batch-size", minimum=1)
+    check.integer(args.seed, "--seed", minimum=0, maximum=2**63 - 1)
+    check.integer(args.severity, "--severity", minimum=1, maximum=5)
+    check.integer(args.limit_per_domain, "--limit-per-domain", minimum=1, optional=True)
+    check.integer(args.workers, "--workers", minimum=0, maximum=max(8, 4 * (os.cpu_count() or 1)), optional=True)
+    check.number(args.alpha, "--alpha", 0.0, 1.0)
+    check.number(args.ose_w, "--ose-w", 0.0, 1.0)
+    if args.setting not in (None, "continual", "reset_each_shift"):
+        raise UsageError(f"--setting {args.setting!r}: choose continual or reset_each_shift")
+    if args.order == "reset_each_shift" and args.setting == "continual":
+        raise UsageError("--order reset_each_shift runs with the setting reset_each_shift; drop --setting continual")
+    methods = _resolve_methods(args)
+    method_options, flags = _method_options(args)
+    check_method_options(methods, method_options, flags)
+    device = check.device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
+    arch = parse_arch(args.arch)
+    _check_batch_memory(args.batch_size, image_size_of(arch))
+    try:
+        resolve_templates(args.templates)
+    except MissingFileError as err:
+        raise UsageError(f"--templates: {err}") from None
+    _check_inputs(args)
+    out = check.output_dir(args.out, "--out")
+    if args.head_cache_dir:
+        check.output_dir(args.head_cache_dir, "--head-cache-dir")
+    return {"methods": methods, "method_options": method_options, "device": device, "arch": arch, "out": out}
 
 
 def _make_spec(args: argparse.Namespace, image_size: int) -> StreamSpec:
@@ -420,59 +563,51 @@ def _config_record(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the experiment described by ``args`` (see :func:`add_arguments`); returns an exit code."""
-    try:
-        return _main(args)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-def _main(args: argparse.Namespace) -> int:
-    from adawise.models.checkpoints import UntrustedPickleError
-    from adawise.weights import StateDictMismatchError
+    """Run the experiment described by ``args`` (see :func:`add_arguments`); returns an exit code. Every
+    misuse raises an :class:`~adawise.errors.AdawiseError` (the command line turns it into exit code 2)."""
+    from adawise.logs import exclusive
     from streams import imagenet_r, schedules
 
     args = apply_config(args)
-    _check_inputs(args)
-    methods = _resolve_methods(args)
-    method_options = _method_options(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine; pass --device cpu")
-    arch = parse_arch(args.arch)
+    checked = check_args(args)
+    methods, method_options, device, arch, out = (checked[k] for k in ("methods", "method_options", "device",
+                                                                       "arch", "out"))
     spec = _make_spec(args, image_size_of(arch))
     setting = args.setting or schedules.setting_for(spec)
     if spec.order == "reset_each_shift" and setting != "reset_each_shift":
         raise UsageError("--order reset_each_shift runs with the setting reset_each_shift; drop --setting continual")
-    try:  # scan the data before the (slow) model loading
-        stream = schedules.build_stream(spec, num_workers=args.workers, device=device)
-    except (FileNotFoundError, ValueError) as err:
-        raise UsageError(f"{err}\n" + missing_inputs_message(args.stream, ["--data"])) from None
-    log.info("stream %s: %d batches, domains %s (spec %s)", spec.source, len(stream), stream.domains,
-             spec.config_hash())
+    with exclusive(out):  # one run per output folder: a second one is refused, not merged
+        try:  # scan the data before the (slow) model loading
+            stream = schedules.build_stream(spec, num_workers=args.workers, device=device)
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(f"{err}\n" + missing_inputs_message(args.stream, ["--data"])) from None
+        except PermissionError as err:
+            raise AccessError(f"--data {args.data}: {err}") from None
+        log.info("stream %s: %d batches, domains %s (spec %s)", spec.source, len(stream), stream.domains,
+                 spec.config_hash())
 
-    out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    record = _config_record(args)
-    repeat = {k: v for k, v in record.items() if k not in ("config", "verbose", "resume")}
-    (out / "config.json").write_text(json.dumps(repeat, indent=2) + "\n")
-    head_cache = args.head_cache_dir or default_head_cache(out)
-    class_mask = imagenet_r.IMAGENET_R_MASK if args.stream == "imagenet-r" else None
-    try:
-        zs, ft = load_models(arch, args.pretrained, args.finetuned, class_names=imagenet_r.IMAGENET_CLASSNAMES,
-                             class_mask=class_mask, templates=args.templates, device=device,
-                             trust_pickle=args.trust_pickle, head_cache_dir=head_cache, seed=args.seed)
-    except FileNotFoundError as err:
-        raise UsageError(f"{err}\n" + missing_inputs_message(args.stream, ["--pretrained", "--finetuned"])) from None
-    except (UntrustedPickleError, StateDictMismatchError) as err:  # the message says what to pass
-        raise UsageError(str(err)) from None
-    config = {k: v for k, v in record.items() if k not in _RUN_ONLY}
-    config["spec_hash"] = spec.config_hash()
-    id_domain = schedules.CLEAN if schedules.CLEAN in stream.domains else None
-    results = run_methods(zs, ft, stream, methods, out, setting=setting, seed=args.seed, device=device,
-                          method_options=method_options, config=config, progress=not args.no_progress,
-                          resume=args.resume, id_domain=id_domain)
+        record = _config_record(args)
+        repeat = {k: v for k, v in record.items() if k not in ("config", "verbose", "resume")}
+        config_file = out / "config.json"
+        if not (args.resume and config_file.is_file()):  # a resume rewrites it only once every log continued
+            config_file.write_text(json.dumps(repeat, indent=2) + "\n")
+        head_cache = args.head_cache_dir or default_head_cache(out)
+        class_mask = imagenet_r.IMAGENET_R_MASK if args.stream == "imagenet-r" else None
+        try:
+            zs, ft = load_models(arch, args.pretrained, args.finetuned, class_names=imagenet_r.IMAGENET_CLASSNAMES,
+                                 class_mask=class_mask, templates=args.templates, device=device,
+                                 trust_pickle=args.trust_pickle, head_cache_dir=head_cache, seed=args.seed)
+        except MissingFileError as err:
+            raise MissingFileError(f"{err}\n" + missing_inputs_message(args.stream, ["--pretrained", "--finetuned"])
+                                   ) from None
+        config = {k: v for k, v in record.items() if k not in _RUN_ONLY}
+        config["spec_hash"] = spec.config_hash()
+        id_domain = schedules.CLEAN if schedules.CLEAN in stream.domains else None
+        results = run_methods(zs, ft, stream, methods, out, setting=setting, seed=args.seed, device=device,
+                              method_options=method_options, config=config, progress=not args.no_progress,
+                              resume=args.resume, id_domain=id_domain)
+        if args.resume:
+            config_file.write_text(json.dumps(repeat, indent=2) + "\n")
     if not results:
         print("error: no method ran (see the messages above)", file=sys.stderr)
         return 1

@@ -3,23 +3,32 @@
 A run log is JSON lines, each with ``"type"``: one ``header`` (config, seed, setting, versions,
 device, how each model was loaded), one ``batch`` record per batch (flushed and fsynced as it is
 written, so a killed run leaves a parseable log), and a final ``summary`` that marks the log complete.
-Accuracies are fractions in [0, 1]; tables print percentages.
+Accuracies are fractions in [0, 1]; tables print percentages. :func:`read_run` checks that a log is one
+(a header first, batch records in stream order, each with its domain and counts, a summary last) and
+names the file and line of anything else; :func:`exclusive` is the lock a writer holds on a log or an
+output folder, so two runs never write into the same files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from adawise.errors import AccessError, LogError, MissingFileError, RunLockedError, UsageError
 
 __all__ = [
     "JsonlWriter",
     "read_jsonl",
     "read_run",
+    "check_run",
+    "table_path",
+    "exclusive",
     "library_versions",
     "format_table",
     "plot_accuracy",
@@ -73,14 +82,23 @@ class JsonlWriter:
         self.close()
 
 
-def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike, repair: bool = False, with_lines: bool = False) -> list[dict[str, Any]]:
     """Read a JSONL log, tolerating a truncated last line (a run killed mid-write).
 
     With ``repair=True`` the file is truncated to its last complete line, so appending continues
-    cleanly. A malformed line anywhere else is an error naming the file and line number.
+    cleanly. A malformed line anywhere else, or a line that is not a JSON object, is a
+    :class:`~adawise.errors.LogError` naming the file and line number. With ``with_lines`` each record
+    gets its line number under the key ``"_line"`` (for messages; never written back).
     """
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingFileError(f"no such log file: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder; pass a run log file (.jsonl)") from None
+    except PermissionError:
+        raise AccessError(f"cannot read the log {path}: permission denied") from None
     records: list[dict[str, Any]] = []
     good_bytes = 0
     lines = raw.split(b"\n")
@@ -88,11 +106,18 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict[str, 
         last = number == len(lines)
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError as err:
                 if last or (number == len(lines) - 1 and not lines[-1]):
                     break  # a partial final line: the run died while writing it
-                raise ValueError(f"{path}:{number}: malformed JSON line ({err})") from None
+                raise LogError(f"{path}:{number}: malformed JSON line ({str(err)[:120]}); this is not an intact "
+                               f"adawise run log: {_INTACT}") from None
+            if not isinstance(record, dict):
+                raise LogError(f"{path}:{number}: a JSON {type(record).__name__}, not a record object; this is not "
+                               f"an adawise run log: {_INTACT}")
+            if with_lines:
+                record["_line"] = number
+            records.append(record)
         if not last:
             good_bytes += len(line) + 1
         elif line.strip():  # a complete record that only lost its newline: keep it
@@ -106,9 +131,60 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict[str, 
     return records
 
 
+_INTACT = "pass a log as adawise wrote it (delete this one, or run it again)"
+
+
+def _where(path: Path, record: Mapping[str, Any]) -> str:
+    return f"{path}:{record.get('_line', '?')}"
+
+
+def check_run(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> None:
+    """Raise :class:`~adawise.errors.LogError` unless ``records`` are an adawise run log: at most one
+    header, first; batch records with a domain, ``n`` and ``correct`` (0 <= correct <= n), batch indices
+    strictly increasing (no duplicated or reordered batch); at most one summary, last, whose counts match
+    the batch records."""
+    path = Path(path)
+    batches = []
+    for i, r in enumerate(records):
+        kind = r.get("type")
+        if kind == "header":
+            if i != 0:
+                raise LogError(f"{_where(path, r)}: a second header (or one after the first record); a log holds "
+                               f"one run, header first: {_INTACT}")
+        elif kind == "batch":
+            domain, n, correct, index = r.get("domain"), r.get("n"), r.get("correct"), r.get("batch")
+            ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (n, correct, index))
+            if not isinstance(domain, str) or not ints or not 0 <= correct <= n:
+                raise LogError(f"{_where(path, r)}: a batch record needs a domain (string), batch, n and correct "
+                               f"(integers, 0 <= correct <= n); got domain={domain!r} batch={index!r} n={n!r} "
+                               f"correct={correct!r}; {_INTACT}")
+            if batches and index <= batches[-1]["batch"]:
+                first = next(b for b in batches if b["batch"] >= index)
+                what = "appears twice" if first["batch"] == index else "comes after a later batch"
+                raise LogError(f"{_where(path, r)}: batch {index} {what} (see line {first.get('_line', '?')}); a run "
+                               f"writes each batch once, in stream order, so this log was edited or merged: {_INTACT}")
+            batches.append(r)
+        elif kind == "summary":
+            if i != len(records) - 1:
+                raise LogError(f"{_where(path, r)}: a summary before the end of the log; a summary closes a run: "
+                               f"{_INTACT}")
+            counted = (len(batches), sum(b["n"] for b in batches), sum(b["correct"] for b in batches))
+            claimed = (r.get("batches"), r.get("n"), r.get("correct"))
+            if claimed != counted:
+                raise LogError(f"{_where(path, r)}: the summary counts (batches, n, correct) = {claimed} but the "
+                               f"batch records add up to {counted}; the log was edited or merged: {_INTACT}")
+        else:
+            raise LogError(f"{_where(path, r)}: a record of type {kind!r}; a run log holds a header, batch records "
+                           f"and a summary: {_INTACT}")
+
+
 def read_run(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse a run log into ``{"header", "batches", "summary" (or None), "complete"}``."""
-    records = read_jsonl(path)
+    """Parse and check (:func:`check_run`) a run log into ``{"header", "batches", "summary" (or None),
+    "complete"}``."""
+    records = read_jsonl(path, with_lines=True)
+    check_run(path, records)
+    for r in records:
+        del r["_line"]
     header = next((r for r in records if r.get("type") == "header"), None)
     summary = next((r for r in records if r.get("type") == "summary"), None)
     batches = [r for r in records if r.get("type") == "batch"]
@@ -130,6 +206,39 @@ def domain_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
             n_c[0] += int(n)
             n_c[1] += int(c)
     return out
+def table_path(log: str | os.PathLike) -> Path:
+    """Where the readable table of the log ``log`` goes: ``x.txt`` beside ``x.jsonl`` (``x.table.txt``
+    when the log itself is called ``x.txt``, which must not be overwritten)."""
+    log = Path(log)
+    table = log.with_suffix(".txt")
+    return table if table != log else log.with_suffix(".table.txt")
+
+
+@contextlib.contextmanager
+def exclusive(target: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock of a log file or an output folder (``filelock``, released when the process dies):
+    a second writer gets :class:`~adawise.errors.RunLockedError` at once, naming the target."""
+    from filelock import FileLock, Timeout
+
+    target = Path(target)
+    lock_file = target / ".adawise.lock" if target.is_dir() else target.parent / f".{target.name}.lock"
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AccessError(f"cannot create {lock_file.parent} for {target} ({err.strerror}); pass a writable "
+                          "folder") from None
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunLockedError(f"{target} is in use by another run (an adawise process holds {lock_file}); wait for "
+                             "it to finish, or pass another output") from None
+    except OSError as err:
+        raise AccessError(f"cannot lock {target} ({err.strerror or err}); pass a writable folder") from None
+    try:
+        yield lock_file
+    finally:
+        lock.release()
 
 
 def library_versions() -> dict[str, str]:

@@ -6,16 +6,28 @@ For each batch of a stream, in order:
    ``method.on_domain(domain)``;
 2. ``logits = method(images)``: the prediction, made once and final;
 3. the prediction is scored against the labels (the method never sees them); a row without a defined
-   prediction (a NaN logit) counts as wrong and the record says how many there were
-   (``nonfinite_rows``); labels outside the method's classes, or a class count other than the
+   prediction (a NaN logit, every logit −inf, or a tie at +inf) counts as wrong and the record says how
+   many there were (``nonfinite_rows``); labels must be integer class indices ``[B]`` (one-hot or float
+   labels are refused), and labels outside the method's classes, or a class count other than the
    stream's ``num_classes``, are an error naming both numbers, never a silently wrong accuracy;
 4. ``method.observe(images, logits)``: the method may now update its state;
-5. one JSON line is written and flushed.
+5. one JSON line is written, flushed and fsynced.
 
-Settings: ``continual`` (state carries over the whole stream) and ``reset_each_shift``. The setting,
-seed, stream spec, library versions, device and model provenance go into the log header. A run can be
-resumed (``resume=True``): complete batches already in the log are replayed through the method (so its
-state is exactly what it was) without being logged again, and the run continues from the next batch.
+Settings: ``continual`` (state carries over the whole stream) and ``reset_each_shift``. The log header
+records the setting, seed, stream spec (with the list of files for folder streams), method options,
+library versions, device, model provenance and a content hash of the weights of every model the method
+was given; its ``config_hash`` covers everything that decides the results. Every batch record names its
+batch: index, domain, ``n``, a fingerprint of its labels and a sample of its pixels, the header's
+``config_hash``. A writer holds a lock on the log (:func:`adawise.logs.exclusive`): a second run on the
+same log is refused at once.
+
+Resume (``resume=True``) repairs what a crash leaves and refuses what a crash cannot leave. A torn or
+truncated last line is cut off, a missing summary is written after the remaining batches; the log's
+complete batches are replayed through the method (so its state is exactly what it was), each checked
+against the batch the stream yields now (same index, domain, size and fingerprint), and the run continues
+from the next batch. Another configuration (other weights, options, seed, stream or set of readable
+files), duplicated, reordered or foreign records, or a batch that is not the one logged are a
+:class:`~adawise.errors.ResumeError` naming the log and what differs.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,18 +44,33 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adawise.logs import JsonlWriter, domain_counts, format_table, library_versions, read_jsonl, to_jsonable
+from adawise.errors import AccessError, DataError, InputTypeError, LogError, ResumeError, UsageError
+from adawise.logs import (
+    JsonlWriter,
+    check_run,
+    domain_counts,
+    exclusive,
+    format_table,
+    library_versions,
+    read_jsonl,
+    table_path,
+    to_jsonable,
+)
 from adawise.methods.base import Method
+from adawise.models.checkpoints import weights_hash
 from adawise.objectives import entropy
 from streams.base import Batch, Stream
 
-__all__ = ["run_stream", "StreamResult", "SETTINGS"]
+__all__ = ["run_stream", "StreamResult", "SETTINGS", "LOG_FORMAT", "batch_fingerprint", "model_weights"]
 
 log = logging.getLogger(__name__)
 SETTINGS = ("continual", "reset_each_shift")
+#: version of the log layout; 2: weights hashes in the header, fingerprint and config hash in every record
+LOG_FORMAT = 2
 _RESERVED = {"type", "method", "domain", "batch", "n", "correct", "accuracy", "entropy", "alpha", "seconds",
-             "nonfinite_rows", "by_domain"}
+             "nonfinite_rows", "fingerprint", "config_hash", "skipped_inputs", "by_domain"}
 _STREAM_RESULTS = {"skipped"}  # keys of Stream.describe() that change when the stream is iterated
+_SAMPLE = 4096  # pixel values of a batch in its fingerprint (and in the [0, 1] range check)
 
 
 @dataclass
@@ -63,30 +91,46 @@ class StreamResult:
         return format_table({self.method: self.per_domain}, list(self.per_domain))
 
 
+def _endpoints(method: nn.Module) -> dict[str, nn.Module]:
+    given = getattr(method, "endpoints", None)
+    return dict(given()) if callable(given) else {}
+
+
 def _device_of(method: nn.Module) -> torch.device:
-    for tensor in list(method.parameters()) + list(method.buffers()):
-        return tensor.device
+    modules = [method, *_endpoints(method).values()]
+    for module in modules:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            return tensor.device
     return torch.device("cpu")
 
 
 def _provenance(method: nn.Module) -> dict[str, Any]:
     """How each wrapped model was loaded, from ``provenance`` attributes set by the loaders."""
     out = {}
-    for name, module in method.named_modules():
+    for name, module in [*method.named_modules(), *_endpoints(method).items()]:
         prov = getattr(module, "provenance", None)
         if prov is not None and name:
             out[name] = prov
     return out
 
 
+def model_weights(method: nn.Module) -> dict[str, str]:
+    """Content hashes of the weights a run depends on: of every model the method was given
+    (``method.endpoints()``), else of the method's own state dict; NaN or Inf in any of them is refused."""
+    given = _endpoints(method) or ({"method": method} if method.state_dict() else {})
+    return {role: weights_hash(module, finite=f"the {role} model") for role, module in given.items()}
+
+
 def _header(method: Method, stream: Stream, setting: str, seed: int, config: dict[str, Any] | None,
             device: torch.device) -> dict[str, Any]:
     body = {
+        "log_format": LOG_FORMAT,
         "method": method.name,
         "options": method.options(),
         "setting": setting,
         "seed": seed,
-        "stream": stream.describe(),
+        "weights": model_weights(method),
+        "stream": stream.describe() if callable(getattr(stream, "describe", None)) else {"type": type(stream).__name__},
         "config": config or {},
     }
     # what a stream reports after an iteration (files it skipped) is a result, not configuration: left
@@ -107,31 +151,76 @@ def _header(method: Method, stream: Stream, setting: str, seed: int, config: dic
     }
 
 
+def _pixel_sample(images: Any) -> Tensor | None:
+    """About :data:`_SAMPLE` evenly strided values of a batch's images (on the CPU), or None."""
+    if not isinstance(images, Tensor) or images.numel() == 0:
+        return None
+    flat = (images if images.is_contiguous() else images.contiguous()).reshape(-1)
+    return flat[:: max(1, flat.numel() // _SAMPLE)][:_SAMPLE].contiguous().cpu()
+
+
+def batch_fingerprint(batch: Batch, sample: Tensor | None = None) -> str:
+    """A short hash of a batch: its labels, its images' shape and dtype, and a strided sample of its
+    pixels (cheap on any batch size; two batches of other files or another order differ)."""
+    digest = hashlib.sha256()
+    labels = batch.labels
+    if isinstance(labels, Tensor):
+        labels = labels.detach().cpu().contiguous()
+        digest.update(f"{tuple(labels.shape)}:{labels.dtype}".encode())
+        digest.update(labels.view(torch.uint8).numpy().tobytes() if labels.numel() else b"")
+    images = batch.images
+    if isinstance(images, Tensor):
+        digest.update(f"{tuple(images.shape)}:{images.dtype}".encode())
+        sample = _pixel_sample(images) if sample is None else sample
+        if sample is not None:
+            digest.update(sample.view(torch.uint8).numpy().tobytes())
+    else:
+        digest.update(type(images).__name__.encode())
+    return digest.hexdigest()[:16]
+
+
+def _check_labels(batch: Batch) -> None:
+    """Labels must be integer class indices, one per image."""
+    where = f"batch {batch.index} (domain {batch.domain!r})"
+    labels = batch.labels
+    if not isinstance(labels, Tensor):
+        raise InputTypeError(f"{where}: labels must be a tensor of class indices, got {type(labels).__name__}")
+    if labels.ndim != 1:
+        raise DataError(f"{where}: labels must be class indices of shape [B], got shape {tuple(labels.shape)}"
+                        + (" (one-hot labels? pass labels.argmax(1))" if labels.ndim == 2 else ""))
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputTypeError(f"{where}: labels must be integer class indices, got dtype {labels.dtype} (float labels "
+                             "would be truncated); pass labels.long() if they hold whole numbers")
+
+
 def _check_classes(logits: Tensor, batch: Batch, num_classes: int | None) -> None:
     """Refuse logits and labels that cannot belong together, naming both sizes (never a silent 0 %)."""
     where = f"batch {batch.index} (domain {batch.domain!r})"
     labels = batch.labels
-    if logits.ndim != 2 or logits.shape[0] != len(labels):
-        raise ValueError(f"{where}: the method returned logits of shape {tuple(logits.shape)} for {len(labels)} "
-                         "labels; a method must return [B, C] logits, one row per image")
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != len(labels):
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise DataError(f"{where}: the method returned logits of shape {shape} for {len(labels)} "
+                        "labels; a method must return [B, C] logits, one row per image")
     classes = logits.shape[-1]
     if num_classes is not None and classes != num_classes:
-        raise ValueError(f"{where}: the method predicts {classes} classes but the stream has {num_classes}; "
-                         "build the classifier for the stream's label space (class names, or a class mask such "
-                         "as streams.imagenet_r.IMAGENET_R_MASK for 1000 -> 200)")
+        raise DataError(f"{where}: the method predicts {classes} classes but the stream has {num_classes}; "
+                        "build the classifier for the stream's label space (class names, or a class mask such "
+                        "as streams.imagenet_r.IMAGENET_R_MASK for 1000 -> 200)")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-        raise ValueError(f"{where}: labels range from {int(labels.min())} to {int(labels.max())} but the method "
-                         f"predicts {classes} classes; the stream's labels and the model's head must share one "
-                         "label space (same class names in the same order)")
+        raise DataError(f"{where}: labels range from {int(labels.min())} to {int(labels.max())} but the method "
+                        f"predicts {classes} classes; the stream's labels and the model's head must share one "
+                        "label space (same class names in the same order)")
 
 
 def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, float | None, int]:
     """Per-row correctness (a bool tensor on the CPU), mean prediction entropy (``None`` if not finite) and
-    the number of rows without a defined prediction (a NaN logit, or every logit −inf), scored as wrong."""
-    undefined = logits.isnan().any(-1) | (logits == float("-inf")).all(-1)
+    the number of rows without a defined prediction (a NaN logit, every logit −inf, or two or more logits
+    +inf: a tie at infinity), which are scored as wrong."""
+    undefined = (logits.isnan().any(-1) | (logits == float("-inf")).all(-1)
+                 | ((logits == float("inf")).sum(-1) >= 2))
     preds = logits.argmax(dim=-1)
     hits = (preds.cpu() == labels.cpu()) & ~undefined.cpu()
-    ent = float(entropy(logits).mean())
+    ent = float(entropy(logits).mean()) if len(logits) else float("nan")
     return hits, (ent if ent == ent and abs(ent) != float("inf") else None), int(undefined.sum())
 
 
@@ -161,22 +250,92 @@ def _step(method: Method, batch: Batch, device: torch.device, state: dict[str, A
     return logits
 
 
-def _load_resume(path: Path, header: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Complete batch records of a previous run with the same config, or None if it cannot resume."""
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Which parts of two headers differ, for the refusal message."""
+    parts = []
+    if old.get("log_format") != new.get("log_format"):
+        parts.append(f"log format {old.get('log_format', 1)} vs {new.get('log_format')} (written by another "
+                     "version of adawise)")
+    for key in ("method", "options", "setting", "seed", "weights", "config"):
+        if to_jsonable(old.get(key)) != to_jsonable(new.get(key)):
+            shown = f": {old.get(key)} vs {new.get(key)}" if key in ("method", "setting", "seed", "weights") else ""
+            parts.append(f"{key}{shown}")
+    old_stream = {k: v for k, v in (old.get("stream") or {}).items() if k not in _STREAM_RESULTS}
+    new_stream = {k: v for k, v in (new.get("stream") or {}).items() if k not in _STREAM_RESULTS}
+    if to_jsonable(old_stream) != to_jsonable(new_stream):
+        keys = sorted(k for k in set(old_stream) | set(new_stream)
+                      if to_jsonable(old_stream.get(k)) != to_jsonable(new_stream.get(k)))
+        parts.append(f"stream ({', '.join(keys)})")
+    return "; ".join(parts) or "config_hash"
+
+
+def _load_resume(path: Path, header: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None] | None:
+    """The batch records (and summary) of a previous run of this configuration at ``path``; ``None``
+    when there is nothing to continue (no file, or killed before its header was complete)."""
     if not path.is_file():
         return None
-    records = read_jsonl(path, repair=True)
+    try:
+        records = read_jsonl(path, repair=True, with_lines=True)
+    except LogError as err:
+        raise ResumeError(f"cannot resume: {err}") from None
     if not records:  # killed before its header was complete: nothing to keep, start afresh
         return None
-    old = next((r for r in records if r.get("type") == "header"), None)
-    if old is None:
-        raise ValueError(f"cannot resume {path}: it has no header line; delete it or pass another log path")
+    old = records[0]
+    if old.get("type") != "header":
+        raise ResumeError(f"cannot resume {path}: its first line is not a header; delete it or pass another log path")
     if old.get("config_hash") != header["config_hash"]:
-        raise ValueError(
+        raise ResumeError(
             f"cannot resume {path}: it was written for another configuration (config_hash "
-            f"{old.get('config_hash')} vs {header['config_hash']}); use a new log path or resume=False"
+            f"{old.get('config_hash')} vs {header['config_hash']}; differs: {_differences(old, header)}); use a new "
+            "log path or resume=False"
         )
-    return [r for r in records if r.get("type") in ("batch", "summary")]
+    try:
+        check_run(path, records)
+    except LogError as err:
+        raise ResumeError(f"cannot resume: {err}") from None
+    batches = [r for r in records if r.get("type") == "batch"]
+    for r in batches:
+        if r.get("method") != header["method"] or r.get("config_hash") != header["config_hash"]:
+            raise ResumeError(f"cannot resume {path}:{r['_line']}: a record of another run (method "
+                              f"{r.get('method')!r}, config_hash {r.get('config_hash')}); the log was edited or merged")
+    summary = records[-1] if records[-1].get("type") == "summary" else None
+    for r in records:
+        del r["_line"]
+    return batches, summary
+
+
+def _check_replay(path: Path, record: dict[str, Any], batch: Batch, fingerprint: str) -> None:
+    """A replayed batch must be the batch that was logged (index, domain, size, fingerprint)."""
+    now = (batch.index, batch.domain, len(batch.labels), fingerprint)
+    then = (record.get("batch"), record.get("domain"), record.get("n"), record.get("fingerprint"))
+    if now != then:
+        raise ResumeError(
+            f"cannot resume {path}: the stream's batch {batch.index} (domain {batch.domain!r}, {now[2]} images, "
+            f"fingerprint {fingerprint}) is not the batch logged as batch {then[0]} (domain {then[1]!r}, {then[2]} "
+            f"images, fingerprint {then[3]}); the stream changed since the log was written (other data, files that "
+            "became readable or unreadable, another order); use a new log path or resume=False")
+
+
+def _warn_range(sample: Tensor | None, batch: Batch, state: dict[str, Any]) -> None:
+    """Warn once per run when an image batch lies far outside [0, 1] (e.g. uint8-range pixels)."""
+    if state.get("warned") or sample is None or not sample.is_floating_point() or batch.images.ndim != 4:
+        return
+    finite = sample[torch.isfinite(sample)]
+    if finite.numel() and (float(finite.max()) > 2.0 or float(finite.min()) < -1.0):
+        state["warned"] = True
+        warnings.warn(f"batch {batch.index} (domain {batch.domain!r}): pixel values span [{float(finite.min()):.3g}, "
+                      f"{float(finite.max()):.3g}] but CLIP models expect [0, 1] (uint8 images: divide by 255; "
+                      "normalisation belongs to the model); scored as given", stacklevel=3)
+
+
+def _check_log_path(path: Path) -> None:
+    if path.is_dir():
+        raise UsageError(f"log {path} is a folder; pass a file path such as {path / 'run.jsonl'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise AccessError(f"cannot write the log {path}: {parent} is a file, not a folder")
+            break
 
 
 def run_stream(method: Method, stream: Stream, log: str | Path | None = None, setting: str = "continual",
@@ -187,34 +346,68 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
     Args:
         method: a :class:`~adawise.methods.base.Method` (see :func:`adawise.make_method`).
         stream: an iterable of :class:`~streams.base.Batch`.
-        log: JSONL path; a readable table is written beside it (``.txt``). ``None``: no files.
+        log: JSONL path; a readable table is written beside it (``.txt``, see
+            :func:`adawise.logs.table_path`). ``None``: no files. The log is locked while the run writes it.
         setting: ``"continual"`` or ``"reset_each_shift"`` (reset at every domain boundary).
         seed: seeds torch's global RNG before the run (written to the header).
         config: free-form run configuration for the header (e.g. the CLI arguments).
         progress: show a tqdm progress bar.
-        resume: continue an interrupted log at ``log`` (same configuration) instead of overwriting it.
+        resume: continue an interrupted log at ``log`` (same configuration; see the module docstring)
+            instead of overwriting it.
         device: where images go (default: the method's parameters' device).
 
     Returns:
         :class:`StreamResult` with overall and per-domain accuracy, α per batch and all records.
+
+    Raises:
+        ResumeError: ``resume=True`` and the log cannot be continued (another configuration, edited records,
+            a changed stream).
+        RunLockedError: another run is writing the same log.
+        DataError: labels that are not class indices of the method's classes; a stream with no readable batch.
     """
+    if not isinstance(method, nn.Module) or not callable(getattr(method, "observe", None)):
+        raise InputTypeError(f"method must be an adawise Method (adawise.make_method builds one), got "
+                             f"{type(method).__name__}")
+    if not hasattr(stream, "__iter__") or isinstance(stream, (str, bytes, Tensor)):
+        raise InputTypeError(f"stream must be an iterable of streams.Batch (e.g. streams.from_tensors(images, "
+                             f"labels)), got {type(stream).__name__}")
     if setting not in SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+        raise UsageError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(f"seed must be an integer, got {seed!r}")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise UsageError(f"device {device!r} is not a torch device; pass cpu, cuda or cuda:N") from None
+    path = Path(log) if log is not None else None
+    if path is None:
+        return _run(method, stream, None, setting, seed, config, progress, False, device)
+    _check_log_path(path)
+    with exclusive(path):
+        return _run(method, stream, path, setting, seed, config, progress, resume, device)
+
+
+def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: int, config: dict[str, Any] | None,
+         progress: bool, resume: bool, device: str | torch.device | None) -> StreamResult:
     torch.manual_seed(seed)
     method.eval()
     device = torch.device(device) if device is not None else _device_of(method)
     header = _header(method, stream, setting, seed, config, device)
+    config_hash = header["config_hash"]
 
     done: list[dict[str, Any]] = []
-    path = Path(log) if log is not None else None
     resuming = False  # True when appending to an existing log (it already has its header)
     if path is not None and resume:
         previous = _load_resume(path, header)
         resuming = previous is not None
-        done = previous or []
-        if any(r.get("type") == "summary" for r in done):
-            log_records = [r for r in done if r.get("type") == "batch"]
-            return _result(method, setting, log_records, 0.0, path)
+        if previous is not None:
+            done, summary = previous
+            if summary is not None:  # complete: nothing to run (the table is rewritten if it was lost)
+                result = _result(method, setting, done, 0.0, path)
+                if not table_path(path).is_file():
+                    table_path(path).write_text(f"{method.name} ({setting}, seed {seed})\n{result.table()}\n")
+                return result
     elif path is not None and path.exists():
         path.unlink()
     writer = JsonlWriter(path) if path is not None else None
@@ -227,15 +420,30 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
     started = time.perf_counter()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(stream), desc=method.name, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=len(stream) if hasattr(stream, "__len__") else None, desc=method.name, disable=not progress,
+               leave=False, dynamic_ncols=True)
+    seen = 0  # batches the stream has yielded
+    skipped_before = 0
     try:
         for batch in stream:
-            if batch.index < len(done):  # resume: replay to rebuild the method's state, do not log
+            if not all(hasattr(batch, k) for k in ("images", "labels", "domain", "index")):
+                raise InputTypeError(f"the stream yielded a {type(batch).__name__}, not a streams.Batch(images, "
+                                     "labels, domain, index); wrap your data with streams.from_tensors or yield Batch "
+                                     "objects")
+            sample = _pixel_sample(batch.images)
+            fingerprint = batch_fingerprint(batch, sample)
+            skipped_now = len(getattr(stream, "skipped", ()))
+            skipped_inputs, skipped_before = skipped_now - skipped_before, skipped_now
+            seen += 1
+            if seen <= len(done):  # resume: replay to rebuild the method's state, do not log
+                _check_replay(path, done[seen - 1], batch, fingerprint)
                 logits = _step(method, batch, device, state, setting)
                 with torch.no_grad():
                     method.observe(state["images"], logits)
                 bar.update(1)
                 continue
+            _check_labels(batch)
+            _warn_range(sample, batch, state)
             t0 = time.perf_counter()
             logits = _step(method, batch, device, state, setting)
             _check_classes(logits, batch, getattr(stream, "num_classes", None))
@@ -247,10 +455,12 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             info = {k: v for k, v in method.info.items() if k not in _RESERVED}
+            n = len(batch.labels)
             record = {
                 "type": "batch", "method": method.name, "domain": batch.domain, "batch": batch.index,
-                "n": len(batch.labels), "correct": correct, "accuracy": correct / max(len(batch.labels), 1),
+                "n": n, "correct": correct, "accuracy": correct / n if n else None,
                 "entropy": ent, "alpha": alpha, "seconds": time.perf_counter() - t0, "nonfinite_rows": undefined,
+                "fingerprint": fingerprint, "config_hash": config_hash, "skipped_inputs": skipped_inputs,
                 **info,
             }
             record.setdefault("forward_passes", 1.0)
@@ -261,7 +471,17 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
                 writer.write(record)
             bar.update(1)
             if alpha is not None:
-                bar.set_postfix(acc=f"{correct / max(len(batch.labels), 1):.2f}", alpha=f"{alpha:.2f}")
+                bar.set_postfix(acc=f"{correct / max(n, 1):.2f}", alpha=f"{alpha:.2f}")
+        if seen < len(done):
+            raise ResumeError(f"cannot resume {path}: the log holds {len(done)} batches but the stream now yields "
+                              f"only {seen}; the stream changed since the log was written; use a new log path or "
+                              "resume=False")
+        skipped = list(getattr(stream, "skipped", ()))
+        if not records:
+            if skipped:
+                raise DataError(f"no batch could be scored: all {len(skipped)} inputs of the stream were unreadable "
+                                f"(first: {skipped[0][0]}: {skipped[0][1]}); check the data")
+            raise DataError("the stream yielded no batch: there is nothing to score")
         elapsed = time.perf_counter() - started
         result = _result(method, setting, records, elapsed, path)
         if writer is not None:
@@ -269,13 +489,12 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
                 "type": "summary", "method": method.name, "setting": setting, "accuracy": result.accuracy,
                 "per_domain": result.per_domain, "n": sum(r["n"] for r in records),
                 "correct": sum(r["correct"] for r in records), "batches": len(records),
-                "seconds": elapsed, "skipped": [list(s) for s in stream.skipped],
+                "seconds": elapsed, "skipped": [list(s) for s in skipped],
             })
             table = f"{method.name} ({setting}, seed {seed})\n{result.table()}\n"
-            if stream.skipped:
-                table += f"skipped {len(stream.skipped)} unreadable inputs: " + ", ".join(
-                    p for p, _ in stream.skipped[:10]) + "\n"
-            path.with_suffix(".txt").write_text(table)
+            if skipped:
+                table += f"skipped {len(skipped)} unreadable inputs: " + ", ".join(p for p, _ in skipped[:10]) + "\n"
+            table_path(path).write_text(table)
     finally:
         bar.close()
         if writer is not None:

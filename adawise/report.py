@@ -1,7 +1,9 @@
 """``adawise report RUN.jsonl [...]``: one table across methods and domains, and plots.
 
 Reads complete and interrupted logs alike (an interrupted one is reported from its batch records
-and marked ``(incomplete)``).
+and marked ``(incomplete)``). A file that is not an intact run log (malformed JSON, records without their
+fields, duplicated or reordered batches, a summary that does not add up) is refused with a
+:class:`~adawise.errors.LogError` naming the file and line: a report never counts what a run did not write.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from adawise import options as check
+from adawise.errors import LogError, UsageError
 from adawise.logs import domain_counts, format_table, plot_accuracy, plot_alpha, read_run
 
 __all__ = ["collect", "add_arguments", "main"]
@@ -24,7 +28,8 @@ def collect(paths: list[str | Path]) -> dict[str, Any]:
     for path in paths:
         run = read_run(path)
         if not run["batches"]:
-            raise ValueError(f"{path}: no batch records; is it an adawise run log?")
+            raise LogError(f"{path}: no batch records (a run killed before its first batch, or not a run log); pass "
+                           "logs with at least one batch")
         name = run["header"]["method"] if run["header"] else Path(path).stem
         if run["header"] and run["header"].get("setting") not in (None, "continual"):
             name += f" [{run['header']['setting']}]"
@@ -53,11 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Print the table; write report.md, accuracy.png and alpha.png."""
     for p in args.logs:
-        if not Path(p).is_file():
-            raise SystemExit(f"adawise report: no such log file: {p}")
+        check.input_file(p, "log", "run log (.jsonl)")
     data = collect(args.logs)
-    out = Path(args.out) if args.out else Path(args.logs[0]).parent
-    out.mkdir(parents=True, exist_ok=True)
+    out = check.output_dir(args.out if args.out else Path(args.logs[0]).parent, "--out")
+    present = {d for row in data["accuracy"].values() for d in row}
+    if args.id_domain is not None and args.id_domain not in present:
+        raise UsageError(f"--id-domain {args.id_domain!r} is not a domain of these logs; they have "
+                         f"{', '.join(sorted(present))}; pass one of those or drop --id-domain")
     # stream order of the longest log first, then any domain only other logs have
     domains = list(dict.fromkeys([*data["domains_per_batch"],
                                   *(d for row in data["accuracy"].values() for d in row)]))

@@ -20,7 +20,9 @@ import argparse
 
 from adawise import experiment
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "main", "EPILOG"]
+
+EPILOG = experiment.EPILOG  # the examples shown under `adawise run --help`
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,5 +31,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run it; exit code 2 with a message naming what to download and pass when inputs are missing."""
+    """Run it; a misuse raises an AdawiseError (exit code 2, a line naming what to download and pass)."""
     return experiment.main(args)

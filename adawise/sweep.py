@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adawise import options as check
+from adawise.errors import UsageError
 from adawise.sweep_report import merge
 
 __all__ = [
@@ -61,7 +63,7 @@ _PATH_KEYS = {"pretrained", "finetuned", "head_cache_dir", "data", "root", "fash
 _STREAM_RUN_ONLY = {"workers"}
 
 
-class SweepError(ValueError):
+class SweepError(UsageError):
     """A sweep config or the state of its output folder that cannot run; the message says what to fix."""
 
 
@@ -168,18 +170,49 @@ class SweepConfig:
                 raise SweepError(f"stream {name!r} needs a 'source' (embedded, corruptions, imagenet-c, imagenet-r)")
             if "seed" in spec:
                 raise SweepError(f"stream {name!r}: remove 'seed'; the sweep's 'seeds' set each run's stream seed")
+        for name, spec in streams.items():
+            for key in ("batch_size", "per_domain", "limit_per_domain", "severity", "base_size", "image_size",
+                        "num_classes", "workers"):
+                if key in spec and spec[key] is not None:
+                    _sweep_int(spec[key], f"stream {name!r}: {key}", 0 if key == "workers" else 1)
+            domains = spec.get("domains", [])
+            if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+                raise SweepError(f"stream {name!r}: domains must be a list of names, got {spec.get('domains')!r}")
+        for name, spec in models.items():
+            for key in ("num_classes", "seed"):
+                if key in spec:
+                    _sweep_int(spec[key], f"model {name!r}: {key}", 0 if key == "seed" else 1)
         methods = _methods(data["methods"])
-        settings = list(data.get("settings", ["continual"]))
+        settings = data.get("settings", ["continual"])
+        if not isinstance(settings, list):
+            raise SweepError(f"settings must be a list such as [\"continual\"], got {settings!r}")
         bad = [s for s in settings if s not in SETTINGS]
         if bad or not settings:
             raise SweepError(f"settings must be a non-empty list from {', '.join(SETTINGS)}; got {settings}")
         seeds = data.get("seeds", [0])
         if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise SweepError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+        if not isinstance(data.get("resources", {}), Mapping):
+            raise SweepError("resources must be a table such as {\"num_cpus\": 1, \"num_gpus\": 0}")
         resources = dict(data.get("resources", {}))
         unknown = sorted(set(resources) - {"num_cpus", "num_gpus", "max_retries", "memory"})
         if unknown:
             raise SweepError(f"unknown resources key(s) {unknown}; known: num_cpus, num_gpus, max_retries, memory")
+        for key in ("num_cpus", "num_gpus", "memory"):
+            if key in resources:
+                _sweep_number(resources[key], f"resources.{key}")
+        if "max_retries" in resources:
+            _sweep_int(resources["max_retries"], "resources.max_retries", -1)
+        if data.get("threads") is not None:
+            _sweep_int(data["threads"], "threads", 1)
+        if data.get("device") is not None and not isinstance(data["device"], str):
+            raise SweepError(f"device must be a name such as cpu or cuda, got {data['device']!r}")
+        if not isinstance(data.get("out", "runs/sweep"), str) or not data.get("out", "runs/sweep"):
+            raise SweepError(f"out must be a folder path, got {data.get('out')!r}")
+        if not isinstance(data.get("ray", {}), Mapping):
+            raise SweepError(f"ray must be a table (address, num_cpus, runtime_env), got {data.get('ray')!r}")
+        if data.get("id_domain") is not None and not isinstance(data["id_domain"], str):
+            raise SweepError(f"id_domain must be a domain name, got {data['id_domain']!r}")
         return cls(models=models, streams=streams, methods=methods, settings=settings, seeds=list(seeds),
                    resources=resources, out=str(data.get("out", "runs/sweep")), device=data.get("device"),
                    threads=data.get("threads"), ray=dict(data.get("ray", {})), id_domain=data.get("id_domain"),
@@ -221,6 +254,20 @@ class SweepConfig:
         return runs
 
 
+def _sweep_int(value: Any, what: str, minimum: int) -> int:
+    try:
+        return int(check.integer(value, what, minimum=minimum))
+    except UsageError as err:
+        raise SweepError(str(err)) from None
+
+
+def _sweep_number(value: Any, what: str) -> float:
+    try:
+        return check.number(value, what, low=0.0)
+    except UsageError as err:
+        raise SweepError(f"{err} (a number of CPUs, GPUs or bytes)") from None
+
+
 def _named(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
         raise SweepError(f"{what} must map names to specs, e.g. {{\"tiny\": {{\"kind\": \"random-clip\", ...}}}}")
@@ -240,10 +287,19 @@ def _methods(value: Any) -> list[dict[str, Any]]:
         name = str(entry["name"])
         if name not in known:
             raise SweepError(f"unknown method {name!r}; registered methods: {', '.join(known)}")
+        if not isinstance(entry.get("options", {}), Mapping):
+            raise SweepError(f"method {name!r}: options must be a table of option -> value, got {entry['options']!r}")
         options = dict(entry.get("options", {}))
         if name == "vrf" and "index" not in options:
             raise SweepError("method vrf needs options.index: a Zero-Shot-Failure index file (build one with "
                              "`adawise vrf-index ... --out zsf.safetensors`)")
+        from adawise.experiment import check_method_options
+
+        try:  # a value the method refuses (wiseft alpha 1.5, an unknown AdaWiSE option) stops the sweep now
+            check_method_options([name], {name: {k: v for k, v in options.items() if k != "index"}},
+                                 {(name, k): f"method {name!r} option {k!r}" for k in options})
+        except UsageError as err:
+            raise SweepError(str(err)) from None
         out.append({"name": name, "options": options, "label": str(entry.get("label", name))})
     labels = [m["label"] for m in out]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
@@ -258,22 +314,11 @@ def _safe(name: str) -> str:
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping in a ``.json`` or ``.toml`` file."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise SweepError(f"sweep config not found: {p.resolve()}")
-    if p.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]
-            except ImportError as err:
-                raise SweepError(f"{p}: TOML needs Python >= 3.11 (or the tomli package); use JSON") from err
-        return tomllib.loads(p.read_text())
     try:
-        return json.loads(p.read_text())
-    except ValueError as err:
-        raise SweepError(f"{p}: not valid JSON ({err})") from None
+        return check.read_config(path, f"sweep config {path}", "a .json or .toml sweep config (see "
+                                 "examples/sweep.json)")
+    except UsageError as err:
+        raise SweepError(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,8 +446,10 @@ def execute_run(run: Run) -> dict[str, Any]:
         del method
     finally:
         torch.set_num_threads(previous)
+    from adawise.logs import table_path
+
     path = Path(run.log)
-    table = path.with_suffix(".txt")
+    table = table_path(path)
     return {"run_id": run.run_id, "log": str(path), "accuracy": result.accuracy,
             "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
             "started_at": started_at, "host": socket.gethostname(), "pid": os.getpid(),
@@ -432,7 +479,7 @@ def plan(runs: Sequence[Run]) -> dict[str, str]:
             continue
         try:
             rec = read_run(path)
-        except ValueError as err:
+        except ValueError as err:  # LogError included: an edited or merged log is not resumed
             raise SweepError(f"{path}: unreadable log ({err}); delete it to rerun that run") from None
         header = rec["header"]
         rid = ((header or {}).get("config") or {}).get("sweep_run_id")
@@ -608,8 +655,10 @@ def _execute_ray(pending: Sequence[Run], config: SweepConfig, address: str | Non
 
 def _store(run: Run, out: Mapping[str, Any]) -> None:
     """Write a task's log where the driver cannot see it (a worker on a node without shared storage)."""
+    from adawise.logs import table_path
+
     path = Path(run.log)
-    for target, text in ((path, out.get("log_text")), (path.with_suffix(".txt"), out.get("table_text"))):
+    for target, text in ((path, out.get("log_text")), (table_path(path), out.get("table_text"))):
         if text is None:
             continue
         if not target.is_file() or target.read_text() != text:
@@ -639,30 +688,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the sweep; exit code 0 when every run is complete, 1 when some failed, 2 on a config error."""
-    try:
-        config = SweepConfig.load(args.config)
-        if args.out:
-            config.out = args.out
-        if args.num_cpus is not None:
-            config.ray["num_cpus"] = args.num_cpus
-        if args.dry_run or args.merge_only:
+    """Run the sweep; exit code 0 when every run is complete, 1 when some failed, 2 on a config error (a
+    :class:`SweepError` or any other :class:`~adawise.errors.AdawiseError`, e.g. the output folder in use)."""
+    from adawise.logs import exclusive
+
+    config = SweepConfig.load(args.config)
+    if args.out:
+        config.out = args.out
+    if args.num_cpus is not None:
+        config.ray["num_cpus"] = check.integer(args.num_cpus, "--num-cpus", minimum=1)
+    out = config.out_dir()
+    if out.exists() and not out.is_dir():
+        raise SweepError(f"out {out} is a file; pass a folder (--out or the config's 'out')")
+    if args.dry_run:
+        runs = config.runs()
+        status = plan(runs)
+        for run in runs:
+            print(f"{status[run.run_id]:8s} {run.run_id}  {run.log}")
+        print(f"{len(runs)} runs: " + ", ".join(f"{sum(s == k for s in status.values())} {k}"
+                                                for k in ("complete", "partial", "new")))
+        return 0
+    check.output_dir(out, "out")
+    with exclusive(out):  # one sweep per output folder
+        if args.merge_only:
             runs = config.runs()
-            status = plan(runs)
-            if args.dry_run:
-                for run in runs:
-                    print(f"{status[run.run_id]:8s} {run.run_id}  {run.log}")
-                print(f"{len(runs)} runs: " + ", ".join(f"{sum(s == k for s in status.values())} {k}"
-                                                        for k in ("complete", "partial", "new")))
-                return 0
-            merged = merge(runs, config.out_dir(), id_domain=config.id_domain)
+            plan(runs)
+            merged = merge(runs, out, id_domain=config.id_domain)
             print(merged["paths"]["table"].read_text())
             return 0 if not merged["missing"] else 1
         result = run_sweep(config, executor="local" if args.local else "auto", address=args.address,
                            progress=not args.no_progress)
-    except SweepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(result.paths["table"].read_text())
     print(f"{len(result.executed)} run(s) executed, {len(result.skipped)} already complete, "
           f"{len(result.failed)} failed ({result.executor}, {result.seconds:.1f} s)")

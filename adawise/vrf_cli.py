@@ -24,7 +24,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from adawise import options
+from adawise.errors import AccessError, DataError, MissingFileError, UsageError
+
 __all__ = ["add_arguments", "main", "FolderStream"]
+
+EPILOG = """examples:
+  adawise vrf-index --embedded --out zsf.safetensors
+  adawise vrf-index --arch ViT-B-16 --pretrained clip.bin --finetuned ft.safetensors \\
+      --source-data ~/data/imagenet/train --out zsf.safetensors"""
 
 _IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _FILE_FLAGS = ("arch", "pretrained", "finetuned", "source_data")
@@ -63,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _ImageFiles(Dataset):
-    """(path, label) pairs decoded with CLIP's eval transform, without normalisation."""
+    """(path, label) pairs decoded with CLIP's eval transform, without normalisation; a file that cannot be
+    decoded comes back as a failed :class:`~streams.imagenet_r.Sample` (skipped by the collate function)."""
 
     def __init__(self, samples: list[tuple[str, int]], image_size: int) -> None:
         self.samples, self.image_size = samples, image_size
@@ -71,61 +80,71 @@ class _ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        import torchvision.transforms.functional as TF
-        from PIL import Image
-        from torchvision.transforms import InterpolationMode
+    def __getitem__(self, i: int) -> Any:
+        from streams.imagenet_r import Sample, decode_image
 
         path, label = self.samples[i]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except OSError as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
-        img = TF.resize(img, self.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        img = TF.center_crop(img, [self.image_size, self.image_size])
-        return TF.to_tensor(img), label
+            return Sample(i, path, decode_image(path, self.image_size), label, None)
+        except Exception as err:  # noqa: BLE001 - any decode failure skips the file, never the index build
+            return Sample(i, path, None, label, f"{type(err).__name__}: {err}")
 
 
 class FolderStream:
     """Labelled batches of an image folder ``root/<class>/<image>`` (CLIP eval crop, [0, 1] floats).
 
     Labels are the index of the folder name in ``label_of`` (e.g. ImageNet wnid -> class index), or
-    the sorted-folder index when ``label_of`` is None.
+    the sorted-folder index when ``label_of`` is None. Files that cannot be decoded, and folder entries
+    that cannot be listed, are skipped and listed in ``skipped`` (path, reason).
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int, batch_size: int = 128, workers: int = 4,
                  label_of: dict[str, int] | None = None) -> None:
+        from streams.imagenet_r import list_folders, list_images
+
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {root} (resolved: {root.resolve()}); pass a folder "
-                                    "with one sub-folder per class, e.g. ImageNet's train/<wnid>/*.JPEG")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise MissingFileError(f"image folder not found: {root} (resolved: {root.resolve()}); pass a folder "
+                                   "with one sub-folder per class, e.g. ImageNet's train/<wnid>/*.JPEG")
+        try:
+            classes, self.scan_skipped = list_folders(root)
+        except PermissionError:
+            raise AccessError(f"cannot list the image folder {root}: permission denied") from None
         if not classes:
-            raise ValueError(f"{root}: no class sub-folders found; expected {root}/<class>/<image>")
+            raise DataError(f"{root}: no class sub-folders found; expected {root}/<class>/<image>")
         if label_of is not None:
             unknown = [c for c in classes if c not in label_of]
             if unknown:
-                raise ValueError(f"{root}: folders {unknown[:5]} are not known class ids (e.g. ImageNet wnids "
-                                 "such as n01440764); pass --class-names FILE for other datasets")
-        self.samples = [(str(p), label_of[c] if label_of is not None else i)
-                        for i, c in enumerate(classes)
-                        for p in sorted((root / c).iterdir()) if p.suffix.lower() in _IMG_EXT]
+                raise DataError(f"{root}: folders {unknown[:5]} are not known class ids (e.g. ImageNet wnids "
+                                "such as n01440764); pass --class-names FILE for other datasets")
+        self.samples = []
+        for i, c in enumerate(classes):
+            files, problems = list_images(root / c)
+            self.scan_skipped += problems
+            self.samples += [(str(root / c / name), label_of[c] if label_of is not None else i) for name, _ in files]
         if not self.samples:
-            raise ValueError(f"{root}: no images ({', '.join(_IMG_EXT)}) in its class folders")
+            raise DataError(f"{root}: no images ({', '.join(_IMG_EXT)}) in its class folders")
         self.root, self.classes = root, classes
         self.image_size, self.batch_size, self.workers = int(image_size), int(batch_size), int(workers)
+        self.skipped: list[tuple[str, str]] = list(self.scan_skipped)
 
     def __len__(self) -> int:
         return -(-len(self.samples) // self.batch_size)
 
     def __iter__(self) -> Iterator[Any]:
         from streams.base import Batch
+        from streams.imagenet_r import collate_drop_failed
 
+        self.skipped = list(self.scan_skipped)
         loader = DataLoader(_ImageFiles(self.samples, self.image_size), batch_size=self.batch_size,
-                            num_workers=self.workers)
-        for b, (images, labels) in enumerate(loader):
-            yield Batch(images, labels.long(), "source", b)
+                            num_workers=self.workers, collate_fn=collate_drop_failed)
+        index = 0
+        for out in loader:
+            self.skipped += out["skipped"]
+            if out["images"] is None:
+                continue
+            yield Batch(out["images"], out["labels"], "source", index)
+            index += 1
 
 
 def _class_names(spec: str) -> tuple[list[str], dict[str, int] | None]:
@@ -135,10 +154,14 @@ def _class_names(spec: str) -> tuple[list[str], dict[str, int] | None]:
         return list(IMAGENET_CLASSNAMES), {w: i for i, w in enumerate(IMAGENET_WNIDS)}
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"--class-names: {spec!r} is neither 'imagenet' nor a file ({path.resolve()})")
-    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        raise MissingFileError(f"--class-names: {spec!r} is neither 'imagenet' nor a file ({path.resolve()}); pass "
+                               "'imagenet' or a text file with one class name per line")
+    try:
+        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (UnicodeDecodeError, OSError) as err:
+        raise UsageError(f"--class-names {path}: cannot be read as text ({err}); pass a UTF-8 text file") from None
     if not names:
-        raise ValueError(f"--class-names: {path} has no class names (one per line expected)")
+        raise UsageError(f"--class-names: {path} has no class names (one per line expected)")
     return names, None
 
 
@@ -146,30 +169,58 @@ def _embedded(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     import adawise
     from streams.base import from_tensors
 
-    world = adawise.load_embedded()
-    needed = ("zeroshot", "finetuned", "source_images", "source_labels", "holdout_images", "holdout_labels")
-    missing = [n for n in needed if not hasattr(world, n)]
-    if missing:
-        raise AttributeError(f"the embedded world lacks {', '.join(missing)}; vrf-index --embedded needs "
-                             f"{', '.join(needed)}")
+    world = adawise.load_embedded(progress=not args.no_progress)
     source = from_tensors(world.source_images, world.source_labels, "source", args.batch_size)
     holdout = from_tensors(world.holdout_images, world.holdout_labels, "holdout", args.batch_size)
     return world.zeroshot, world.finetuned, source, holdout
 
 
+def _check(args: argparse.Namespace) -> str:
+    """Every option checked before any model or image is loaded; returns the device."""
+    if args.embedded and any(getattr(args, n) for n in _FILE_FLAGS):
+        raise UsageError("--embedded cannot be combined with --arch/--pretrained/--finetuned/--source-data; pass "
+                         "either --embedded or all four")
+    if not args.embedded:
+        missing = [f"--{n.replace('_', '-')}" for n in _FILE_FLAGS if not getattr(args, n)]
+        if missing:
+            raise UsageError("pass --embedded, or all of --arch --pretrained --finetuned --source-data "
+                             f"(missing: {' '.join(missing)})")
+        from adawise.experiment import parse_arch
+
+        parse_arch(args.arch)
+        from adawise.models.checkpoints import probe_checkpoint
+
+        for flag, value in (("--pretrained", args.pretrained), ("--finetuned", args.finetuned)):
+            options.input_file(value, flag, "weights file")
+            probe_checkpoint(value)  # a JSON file, random bytes, a cut safetensors header: refused now
+        options.input_dir(args.source_data, "--source-data", "image folder")
+        if args.holdout_data:
+            options.input_dir(args.holdout_data, "--holdout-data", "image folder")
+        _class_names(args.class_names)
+        from adawise.models.clip import resolve_templates
+
+        try:
+            resolve_templates(args.templates)
+        except MissingFileError as err:
+            raise UsageError(f"--templates: {err}") from None
+    options.integer(args.k, "--k", minimum=1, optional=True)
+    options.number(args.b, "--b", low=1e-12)
+    options.number(args.a, "--a")
+    options.number(args.holdout_fraction, "--holdout-fraction", low=0.0, high=1.0, open_high=True)
+    options.integer(args.batch_size, "--batch-size", minimum=1)
+    options.integer(args.workers, "--workers", minimum=0)
+    out = options.output_file(args.out, "--out")
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out {args.out}: the index is written as safetensors; pass a path ending in .safetensors")
+    return options.device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _from_files(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any, Any]:
     import adawise
+    from adawise.experiment import parse_arch
 
-    missing = [f"--{n.replace('_', '-')}" for n in _FILE_FLAGS if not getattr(args, n)]
-    if missing:
-        raise ValueError("vrf-index: pass --embedded, or all of --arch --pretrained --finetuned --source-data "
-                         f"(missing: {' '.join(missing)})")
-    for flag, value in (("--pretrained", args.pretrained), ("--finetuned", args.finetuned)):
-        if not Path(value).is_file():
-            raise FileNotFoundError(f"{flag}: file not found: {value} (resolved: {Path(value).resolve()}); "
-                                    "nothing is downloaded, pass a local checkpoint")
     names, label_of = _class_names(args.class_names)
-    zs, ft = adawise.load_pair(args.arch, names, pretrained=args.pretrained, finetuned=args.finetuned,
+    zs, ft = adawise.load_pair(parse_arch(args.arch), names, pretrained=args.pretrained, finetuned=args.finetuned,
                                templates=args.templates, device=device, trust_pickle=args.trust_pickle,
                                head_cache_dir=args.head_cache_dir)
     size = int(getattr(zs, "image_size", 224))
@@ -177,34 +228,32 @@ def _from_files(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any, A
     def folder(root: str) -> FolderStream:
         stream = FolderStream(root, size, args.batch_size, args.workers, label_of)
         if label_of is None and len(stream.classes) != len(names):
-            raise ValueError(f"{root}: {len(stream.classes)} class folders but {len(names)} class names in "
-                             f"{args.class_names}")
+            raise DataError(f"{root}: {len(stream.classes)} class folders but {len(names)} class names in "
+                            f"{args.class_names}")
         return stream
 
     return zs, ft, folder(args.source_data), folder(args.holdout_data) if args.holdout_data else None
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``adawise vrf-index``; returns the exit status (2 on a usage or input error)."""
+    """Run ``adawise vrf-index``; every misuse is an :class:`~adawise.errors.AdawiseError` (exit code 2)."""
     from adawise.zsf import build_zsf_index
 
+    device = _check(args)
+    if args.embedded:
+        zs, ft, source, holdout = _embedded(args)
+        zs, ft = zs.to(device), ft.to(device)
+    else:
+        zs, ft, source, holdout = _from_files(args, device)
+    index = build_zsf_index(zs, ft, source, holdout=holdout, holdout_fraction=args.holdout_fraction, k=args.k,
+                            a=args.a, b=args.b, squared=not args.true_l2, device=device,
+                            progress=not args.no_progress, seed=args.seed)
+    for path, reason in getattr(source, "skipped", []):
+        print(f"skipped {path}: {reason}", file=sys.stderr)
     try:
-        if args.embedded and any(getattr(args, n) for n in _FILE_FLAGS):
-            raise ValueError("vrf-index: --embedded cannot be combined with --arch/--pretrained/--finetuned/"
-                             "--source-data")
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if args.embedded:
-            zs, ft, source, holdout = _embedded(args)
-            zs, ft = zs.to(device), ft.to(device)
-        else:
-            zs, ft, source, holdout = _from_files(args, device)
-        index = build_zsf_index(zs, ft, source, holdout=holdout, holdout_fraction=args.holdout_fraction, k=args.k,
-                                a=args.a, b=args.b, squared=not args.true_l2, device=device,
-                                progress=not args.no_progress, seed=args.seed)
         index.save(args.out)
-    except (FileNotFoundError, ValueError, TypeError, AttributeError, ImportError) as err:
-        print(f"adawise vrf-index: error: {err}", file=sys.stderr)
-        return 2
+    except OSError as err:
+        raise AccessError(f"--out {args.out}: cannot write the index ({err.strerror or err})") from None
     m = index.metadata
     print(f"ZSF index: {m['n_zsf']} of {m['n_source']} source samples (fine-tuned right {m['ft_correct']}, "
           f"zero-shot right {m['zs_correct']}); k={index.k}, a={index.a}, b={index.b}, "
@@ -214,9 +263,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _standalone(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adawise vrf-index", description=__doc__.splitlines()[0])
+    from adawise.cli import ArgumentParser, guarded
+
+    parser = ArgumentParser(prog="adawise vrf-index", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return main(parser.parse_args(argv))
+    return guarded("adawise vrf-index", main, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

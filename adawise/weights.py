@@ -20,13 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from adawise.errors import StateDictMismatchError, UsageError
+
 StateDict = Mapping[str, Tensor]
 
-__all__ = ["interpolate", "check_compatible", "WeightSpace", "StateDictMismatchError"]
-
-
-class StateDictMismatchError(ValueError):
-    """Two state dicts (or a state dict and a model) do not describe the same architecture."""
+__all__ = ["interpolate", "check_compatible", "check_dtypes", "WeightSpace", "StateDictMismatchError"]
 
 
 def _describe(keys: list[str], limit: int = 12) -> str:
@@ -62,10 +60,24 @@ def check_compatible(sd0: StateDict, sd1: StateDict, names: tuple[str, str] = ("
     )
 
 
+def check_dtypes(sd0: StateDict, sd1: StateDict, names: tuple[str, str] = ("sd0", "sd1")) -> None:
+    """Raise :class:`StateDictMismatchError` where the two state dicts store a key in different dtypes
+    (e.g. a float32 and a bfloat16 endpoint): their interpolation would silently round one of them."""
+    differ = [f"{k} {sd0[k].dtype} vs {sd1[k].dtype}" for k in sd0 if k in sd1 and sd0[k].dtype != sd1[k].dtype]
+    if differ:
+        raise StateDictMismatchError(
+            f"{names[0]} and {names[1]} store weights in different dtypes ({len(differ)} keys: "
+            f"{_describe(differ, 4)}); "
+            "convert both endpoints to one dtype first (e.g. model.to(torch.float32) or .to(torch.bfloat16))")
+
+
 def _check_alpha(alpha: float) -> float:
-    alpha = float(alpha)
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        raise UsageError(f"alpha must be a number in [0, 1], got {alpha!r}") from None
     if not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number, got {alpha}")
+        raise UsageError(f"alpha must be a finite number, got {alpha}")
     return alpha
 
 
@@ -203,7 +215,7 @@ class WeightSpace:
         live_sd = model.state_dict(keep_vars=True)
         check_compatible(live_sd, theta0, names=("live model", "theta0"))
         if int(chunk) < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
+            raise UsageError(f"chunk must be >= 1, got {chunk}")
         self.model = model
         self.master_dtype = master_dtype
         self.chunk = int(chunk)

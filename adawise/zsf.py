@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adawise.errors import CheckpointError, DataError, InputTypeError, MissingFileError, UsageError
+
 __all__ = ["ZSFIndex", "build_zsf_index", "fit_temperature", "kth_distance", "reference_k", "vrf_weight",
            "check_encodes"]
 
@@ -52,14 +54,14 @@ _QUERY_BLOCK = 256
 def reference_k(n_zsf: int, n_source: int) -> int:
     """The reference rule k = round(1000·|ZSF| / |train|), at least 1."""
     if n_source <= 0:
-        raise ValueError(f"reference_k: the source set is empty (n_source={n_source})")
+        raise UsageError(f"reference_k: the source set is empty (n_source={n_source})")
     return max(1, round(1000 * n_zsf / n_source))
 
 
 def vrf_weight(d: Tensor, a: float, b: float) -> Tensor:
     """ω = sigmoid(−(d − a) / b): 0.5 at d = a, decreasing in d (b > 0)."""
     if b <= 0:
-        raise ValueError(f"VRF: b must be > 0, got {b}")
+        raise UsageError(f"VRF: b must be > 0, got {b}")
     return torch.sigmoid(-(d - a) / b)
 
 
@@ -85,9 +87,9 @@ def kth_distance(queries: Tensor, bank: Tensor, k: int, squared: bool = True, ch
     """
     n, dim = bank.shape
     if queries.ndim != 2 or queries.shape[1] != dim:
-        raise ValueError(f"kth_distance: queries have shape {tuple(queries.shape)}, expected [B, {dim}]")
+        raise UsageError(f"kth_distance: queries have shape {tuple(queries.shape)}, expected [B, {dim}]")
     if not 1 <= k <= n:
-        raise ValueError(f"kth_distance: k={k} must be between 1 and the number of indexed rows ({n})")
+        raise UsageError(f"kth_distance: k={k} must be between 1 and the number of indexed rows ({n})")
     q = queries.float()
     x2 = bank_sq_norms if bank_sq_norms is not None else bank.pow(2).sum(1)
     out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
@@ -121,10 +123,10 @@ def fit_temperature(logits: Tensor, labels: Tensor, lo: float = 1e-3, hi: float 
     bisection on log T. An accuracy outside the reachable range gives the nearest end of [lo, hi].
     """
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(f"fit_temperature: logits {tuple(logits.shape)} and labels {tuple(labels.shape)} "
+        raise UsageError(f"fit_temperature: logits {tuple(logits.shape)} and labels {tuple(labels.shape)} "
                          "must be [N, C] and [N]")
     if logits.shape[0] == 0:
-        raise ValueError("fit_temperature: no held-out samples to fit a temperature on")
+        raise UsageError("fit_temperature: no held-out samples to fit a temperature on")
     z = logits.detach().double()
     acc = (z.argmax(1) == labels.to(z.device)).double().mean().item()
 
@@ -173,21 +175,21 @@ class ZSFIndex:
                  chunk_size: int = DEFAULT_CHUNK, backend: str = "auto") -> None:
         features = torch.as_tensor(features)
         if features.ndim != 2 or 0 in features.shape:
-            raise ValueError(f"ZSFIndex: features must be a non-empty [N, D] matrix, got {tuple(features.shape)}")
+            raise UsageError(f"ZSFIndex: features must be a non-empty [N, D] matrix, got {tuple(features.shape)}")
         if not features.is_floating_point():
-            raise ValueError(f"ZSFIndex: features must be floating point, got {features.dtype}")
+            raise UsageError(f"ZSFIndex: features must be floating point, got {features.dtype}")
         meta = dict(metadata or {})
         if k is None:
             if "n_source" not in meta or "n_zsf" not in meta:
-                raise ValueError("ZSFIndex: pass k (the neighbour rank), or metadata with n_source and n_zsf "
+                raise UsageError("ZSFIndex: pass k (the neighbour rank), or metadata with n_source and n_zsf "
                                  "so the reference rule k = round(1000·|ZSF|/|train|) applies")
             k = reference_k(int(meta["n_zsf"]), int(meta["n_source"]))
         if not 1 <= int(k) <= features.shape[0]:
-            raise ValueError(f"ZSFIndex: k={k} must be between 1 and the number of features ({features.shape[0]})")
+            raise UsageError(f"ZSFIndex: k={k} must be between 1 and the number of features ({features.shape[0]})")
         if b <= 0 or T_zs <= 0 or T_ft <= 0:
-            raise ValueError(f"ZSFIndex: b and the temperatures must be > 0, got b={b}, T_zs={T_zs}, T_ft={T_ft}")
+            raise UsageError(f"ZSFIndex: b and the temperatures must be > 0, got b={b}, T_zs={T_zs}, T_ft={T_ft}")
         if backend not in ("auto", "torch", "faiss"):
-            raise ValueError(f"ZSFIndex: backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
+            raise UsageError(f"ZSFIndex: backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
         if backend == "faiss" and not _faiss_available():
             raise ImportError("ZSFIndex: backend='faiss' but faiss is not installed (pip install faiss-cpu); "
                               "or use backend='torch'")
@@ -236,10 +238,10 @@ class ZSFIndex:
         """
         if not isinstance(features, Tensor) or features.ndim != 2:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-            raise ValueError(f"ZSFIndex.kth_distance: expected features [B, {self.dim}], got {shape}")
+            raise UsageError(f"ZSFIndex.kth_distance: expected features [B, {self.dim}], got {shape}")
         if features.shape[1] != self.dim:
             where = f" {self.path}" if self.path else ""
-            raise ValueError(
+            raise UsageError(
                 f"ZSFIndex.kth_distance: features have dim {features.shape[1]} but the index{where} holds "
                 f"dim-{self.dim} features, so it was built for other models; rebuild it for these models "
                 "with adawise.build_zsf_index or `adawise vrf-index`"
@@ -285,26 +287,35 @@ class ZSFIndex:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"ZSF index not found: {path} (resolved: {path.resolve()}); build one with "
+            raise MissingFileError(f"ZSF index not found: {path} (resolved: {path.resolve()}); build one with "
                                     "adawise.build_zsf_index(...).save(path) or `adawise vrf-index --out PATH`")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta_raw, keys = (f.metadata() or {}).get(_META_KEY), list(f.keys())
                 features = f.get_tensor(_FEATURES_KEY) if _FEATURES_KEY in keys else None
         except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
         if meta_raw is None or features is None:
-            raise ValueError(f"{path}: not a ZSF index (expected tensor {_FEATURES_KEY!r} and metadata key "
+            raise CheckpointError(f"{path}: not a ZSF index (expected tensor {_FEATURES_KEY!r} and metadata key "
                              f"{_META_KEY!r}; found tensors {keys}); build one with `adawise vrf-index`")
-        meta = json.loads(meta_raw)
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: unsupported ZSF index format {meta.get('format')!r} (expected {FORMAT!r})")
+        try:
+            meta = json.loads(meta_raw)
+        except ValueError:
+            raise CheckpointError(f"{path}: its ZSF metadata is not valid JSON; the file is corrupt, rebuild it"
+                                  ) from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: unsupported ZSF index format "
+                                  f"{meta.get('format') if isinstance(meta, dict) else meta!r} (expected {FORMAT!r})")
         if meta.get("feature_dim") != features.shape[1]:
-            raise ValueError(f"{path}: metadata says feature_dim {meta.get('feature_dim')} but the stored "
+            raise CheckpointError(f"{path}: metadata says feature_dim {meta.get('feature_dim')} but the stored "
                              f"matrix has shape {tuple(features.shape)}; the file is corrupt, rebuild it")
         core = {"format", "feature_dim", "k", "a", "b", "squared", "T_zs", "T_ft"}
-        idx = cls(features, k=int(meta["k"]), a=meta["a"], b=meta["b"], squared=meta["squared"], T_zs=meta["T_zs"],
-                  T_ft=meta["T_ft"], metadata={k: v for k, v in meta.items() if k not in core}, backend=backend)
+        try:
+            idx = cls(features, k=int(meta["k"]), a=meta["a"], b=meta["b"], squared=meta["squared"], T_zs=meta["T_zs"],
+                      T_ft=meta["T_ft"], metadata={k: v for k, v in meta.items() if k not in core}, backend=backend)
+        except (KeyError, TypeError, UsageError) as err:
+            raise CheckpointError(f"{path}: its ZSF metadata is incomplete or invalid ({err}); rebuild the index"
+                                  ) from None
         idx.path = str(path)
         return idx
 
@@ -316,7 +327,7 @@ def check_encodes(model: nn.Module, role: str) -> None:
     """Raise a clear error if ``model`` lacks ``encode(images)`` / ``classify(features)``."""
     missing = [m for m in ("encode", "classify") if not callable(getattr(model, m, None))]
     if missing:
-        raise TypeError(
+        raise InputTypeError(
             f"VRF needs the {role} model to expose encode(images) -> normalised features and "
             f"classify(features) -> logits; {type(model).__name__} lacks {', '.join(missing)}. Wrap it in "
             "adawise.CLIPClassifier (adawise.load_pair builds those) or add the two methods."
@@ -378,7 +389,7 @@ def build_zsf_index(zeroshot: nn.Module, finetuned: nn.Module, stream: Iterable[
     check_encodes(zeroshot, "zero-shot")
     check_encodes(finetuned, "fine-tuned")
     if not 0.0 <= holdout_fraction < 1.0:
-        raise ValueError(f"build_zsf_index: holdout_fraction must be in [0, 1), got {holdout_fraction}")
+        raise UsageError(f"build_zsf_index: holdout_fraction must be in [0, 1), got {holdout_fraction}")
     dev = torch.device(device) if device is not None else next(
         (p.device for p in finetuned.parameters()), torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
@@ -386,10 +397,9 @@ def build_zsf_index(zeroshot: nn.Module, finetuned: nn.Module, stream: Iterable[
     zsf: list[Tensor] = []
     held: list[tuple[Tensor, Tensor, Tensor]] = []
     n_source = ft_correct = zs_correct = 0
-    modes = (zeroshot.training, finetuned.training)
-    zeroshot.eval()
-    finetuned.eval()
-    try:
+    from adawise.methods.base import evaluating
+
+    with evaluating(zeroshot, finetuned):  # eval mode for the passes; every submodule's own mode restored
         for images, labels in tqdm(_batches(stream), total=_len_or_none(stream), desc="ZSF set: source",
                                    disable=not progress):
             z_zs, z_ft, feats = _run_pair(zeroshot, finetuned, images, dev)
@@ -408,16 +418,13 @@ def build_zsf_index(zeroshot: nn.Module, finetuned: nn.Module, stream: Iterable[
                                        disable=not progress):
                 z_zs, z_ft, _ = _run_pair(zeroshot, finetuned, images, dev)
                 held.append((z_zs.cpu(), z_ft.cpu(), torch.as_tensor(labels, dtype=torch.long).cpu()))
-    finally:
-        zeroshot.train(modes[0])
-        finetuned.train(modes[1])
 
     if n_source == 0:
-        raise ValueError("build_zsf_index: the source stream yielded no samples (after the held-out split)")
+        raise DataError("build_zsf_index: the source stream yielded no samples (after the held-out split)")
     features = torch.cat(zsf) if zsf else torch.empty(0)
     n_zsf = features.shape[0]
     if n_zsf == 0:
-        raise ValueError(
+        raise DataError(
             f"build_zsf_index: empty Zero-Shot-Failure set: of {n_source} source samples the fine-tuned model "
             f"got {ft_correct} right and the zero-shot model {zs_correct}, but none is right for the "
             "fine-tuned model and wrong for the zero-shot one. Check that the stream is the fine-tuning "

@@ -1,10 +1,12 @@
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-# The GPU checks of adawise in one run (about 4 minutes; every part has its own time limit, 6.5
+# The GPU checks of adawise in one run (about 5 minutes; every part has its own time limit, 8.5
 # minutes in all at worst; bench_step writes its JSON after every repeat, so a part cut short still
 # leaves figures). Run from the repository root on the GPU machine, carrying .whl/ (the open_clip,
 # ftfy and wcwidth wheels; .whl/pytest/ holds pytest for a machine without it):
 #     bash benchmarks/gpu_suite.sh
 # Writes into $OUT (default /tmp/gpu_suite): step_vitb16.json, step_vitl14.json, knn_gpu.json,
+# corruptions_gpu.json / .md (the 15 ImageNet-C corruptions, batch 64 at 224, against the reference's
+# single-thread CPU throughput recorded in benchmarks/results/corruptions_cpu.json; target 50x),
 # RESULTS_gpu.md (the tables, from benchmarks/results_to_md.py) and gpu_suite.log (everything printed).
 # A part that fails or times out prints "FAILED <part>" and the next part runs.
 set -u
@@ -35,6 +37,9 @@ part "bench_step ViT-L-14" 120 python3 benchmarks/bench_step.py --device cuda --
     --repeats 2 --batches-per-domain 16 --faithful-batches 3 --micro-reps 10 \
     --extras finetuned-cudagraph,adawise-fast-eager,adawise-fast-bf16live --json "$OUT/step_vitl14.json"
 part "bench_knn cuda" 30 python3 benchmarks/bench_knn.py --devices cuda --json "$OUT/knn_gpu.json"
+part "bench_corruptions cuda" 120 python3 benchmarks/bench_corruptions.py --device cuda --repeats 5 \
+    --reference-json benchmarks/results/corruptions_cpu.json --json "$OUT/corruptions_gpu.json" \
+    --markdown "$OUT/corruptions_gpu.md"
 # pytest from .whl/pytest/ only if the machine has none (installed behind its own packages);
 # test modules whose imports are missing there (e.g. hypothesis) are reported, not fatal
 if ! python3 -c "import pytest" 2>/dev/null; then

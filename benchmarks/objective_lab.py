@@ -111,7 +111,7 @@ def load_logits(domains: Sequence[str], world: Any = None, *, seed_world: int = 
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "lab"
     folder = root / f"{world.key}-{shift_hash}-a{len(grid)}-n{per_domain}-s{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    x, y = domain_images(world.test_images, world.test_labels, per_domain, seed)
+    x, y, pick = domain_images(world.test_images, world.test_labels, per_domain, seed)
     out: dict[str, Tensor] = {}
     evaluator = None
     for name in tqdm(list(domains), desc="lab logits", disable=not progress, leave=False):
@@ -124,7 +124,7 @@ def load_logits(domains: Sequence[str], world: Any = None, *, seed_world: int = 
                 pass
         import zlib
 
-        images = _shifted(x, name, zlib.crc32(f"{seed}:{name}".encode()), world.streams_dir)
+        images = _shifted(x, name, zlib.crc32(f"{seed}:{name}".encode()), world.streams_dir, indices=pick)
         evaluator = evaluator or AlphaEvaluator(world.zeroshot, world.finetuned)
         rows = []
         for a in grid:

@@ -19,16 +19,19 @@ import logging
 import sys
 
 from adawise import experiment
+from adawise.cli import ArgumentParser, guarded
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Run it; a misuse exits with code 2 and one line saying what to pass."""
+    parser = ArgumentParser(prog="stream_imagenet_r.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     experiment.add_arguments(parser, streams=("imagenet-r",))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    return experiment.main(args)
+    return guarded("stream_imagenet_r.py", experiment.main, args)
 
 
 if __name__ == "__main__":

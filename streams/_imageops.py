@@ -51,7 +51,12 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0, device: torch.device 
 
 
 def blur_matrix(n: int, sigma: float, truncate: float, mode: str, device: torch.device | str) -> Tensor:
-    """``[n, n]`` matrix of a 1-D Gaussian filter with the boundary folded in (exact for any sigma)."""
+    """``[n, n]`` matrix of a 1-D Gaussian filter with the boundary folded in (exact for any sigma), cached."""
+    return _blur_matrix(n, float(sigma), float(truncate), mode, str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _blur_matrix(n: int, sigma: float, truncate: float, mode: str, device: str) -> Tensor:
     taps = gaussian_kernel1d(sigma, truncate, device)
     radius = taps.numel() // 2
     rows = torch.arange(n, device=device).unsqueeze(1).expand(n, taps.numel())
@@ -78,13 +83,15 @@ def filter2d(x: Tensor, kernel: Tensor, mode: str = "mirror") -> Tensor:
     """Correlate ``x [B, C, H, W]`` with an odd-sized kernel (``cv2.filter2D`` semantics) via the FFT.
 
     ``kernel`` is ``[kh, kw]`` (shared) or ``[B, 1, kh, kw]`` (one per image, shared over channels).
-    The FFT keeps large kernels (defocus radius 10, motion blur width 41) cheap on a whole batch.
+    The FFT keeps large kernels (defocus radius 10, motion blur width 41) cheap on a whole batch; its
+    length has no prime factor above 7 and covers the padded image, so nothing wraps around.
     """
     kh, kw = kernel.shape[-2:]
     h, w = x.shape[-2:]
     padded = pad(x, kh // 2, kw // 2, mode)
-    size = (_fast_length(padded.shape[-2]), _fast_length(padded.shape[-1]))  # zero tail: no wrap-around
-    spectrum = torch.fft.rfft2(padded, s=size) * torch.fft.rfft2(kernel.to(x.dtype), s=size).conj()
+    size = (_fast_length(padded.shape[-2]), _fast_length(padded.shape[-1]))
+    spectrum = torch.fft.rfft2(padded, s=size)
+    spectrum *= torch.fft.rfft2(kernel.to(x.dtype), s=size).conj_physical()
     return torch.fft.irfft2(spectrum, s=size)[..., :h, :w]
 
 
@@ -102,7 +109,39 @@ def _fast_length(n: int) -> int:
 
 def disk_kernel(radius: float, alias_sigma: float, device: torch.device | str = "cpu") -> Tensor:
     """Normalised defocus disk ``[K, K]`` of a real-valued radius (see :func:`_disk_kernel`), cached."""
-    return _disk_kernel(float(radius), float(alias_sigma)).to(device, copy=True)
+    return _cached_on(str(device), _disk_kernel, float(radius), float(alias_sigma))
+
+
+def reference_disk_kernel(radius: int, alias_sigma: float, device: torch.device | str = "cpu") -> Tensor:
+    """The reference's defocus kernel for an integer radius (ImageNet-C ``disk``), cached.
+
+    ``x^2 + y^2 <= r^2`` on the grid ``[-L, L]^2`` (``L = max(8, r)``), normalised, then OpenCV's
+    ``GaussianBlur`` with a 3x3 (``r <= 8``) or 5x5 window of sigma ``alias_sigma`` (its kernel
+    formula and its default ``BORDER_REFLECT_101`` at the array's edge).
+    """
+    return _cached_on(str(device), _reference_disk_kernel, int(radius), float(alias_sigma))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_on(device: str, build, *args) -> Tensor:  # noqa: ANN001 - a cached CPU builder
+    """``build(*args)`` moved to ``device`` once (no host-to-device copy per call)."""
+    return build(*args).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _reference_disk_kernel(radius: int, alias_sigma: float) -> Tensor:
+    half = max(8, radius)
+    size = 3 if radius <= 8 else 5
+    t = torch.arange(-half, half + 1, dtype=torch.float64)
+    ys, xs = torch.meshgrid(t, t, indexing="ij")
+    disk = (xs**2 + ys**2 <= radius**2).to(torch.float64)
+    disk /= disk.sum()
+    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    taps = torch.exp(-(offsets**2) / (2 * alias_sigma**2))
+    taps /= taps.sum()
+    padded = pad(disk[None, None], size // 2, size // 2, "mirror")
+    blurred = F.conv2d(F.conv2d(padded, taps.view(1, 1, size, 1)), taps.view(1, 1, 1, size))
+    return blurred[0, 0].to(torch.float32)
 
 
 @functools.lru_cache(maxsize=64)
@@ -184,11 +223,57 @@ def box_resize_matrix(n_in: int, n_out: int, device: torch.device | str = "cpu")
     return weights / weights.sum(dim=1, keepdim=True)
 
 
-def box_resize(x: Tensor, height: int, width: int) -> Tensor:
-    """Resize the last two dims with PIL's ``BOX`` filter (separable, as two matrix products)."""
-    rows = box_resize_matrix(x.shape[-2], height, x.device)
-    cols = box_resize_matrix(x.shape[-1], width, x.device)
-    return rows @ x @ cols.T
+@functools.lru_cache(maxsize=64)
+def _box_taps(n_in: int, n_out: int, device: str) -> tuple[Tensor, Tensor, bool]:
+    """The rows of :func:`box_resize_matrix` as taps: input index and weight ``[T, n_out]`` on ``device``,
+    and whether every weight is 1 (nearest-neighbour upscaling)."""
+    matrix = box_resize_matrix(n_in, n_out)
+    count = int((matrix > 0).sum(dim=1).max())
+    first = (matrix > 0).to(torch.int64).argmax(dim=1)
+    tap = torch.arange(count)[:, None]
+    index = (first[None, :] + tap).clamp_(max=n_in - 1)
+    weight = torch.where(tap < (matrix > 0).sum(dim=1)[None, :], torch.gather(matrix.T, 0, index), 0.0)
+    return index.to(device), weight.to(device), bool(torch.all(weight == 1))
+
+
+def _box_axis(x: Tensor, n_out: int, dim: int, out: Tensor | None = None) -> Tensor:
+    n_in = x.shape[dim]
+    if n_in == n_out:
+        return x if out is None else out.copy_(x)
+    index, weight, unit = _box_taps(n_in, n_out, str(x.device))
+    shape = [1] * x.dim()
+    shape[dim] = n_out
+    last = dim == x.dim() - 1
+    taps = index.shape[0]
+    total = None
+    for tap in range(taps):
+        into = out if taps == 1 else None
+        if last:  # gather with a broadcast index: much faster than index_select along the last dim
+            index_shape = (*x.shape[:-1], n_out)
+            term = (torch.gather(x, dim, index[tap].expand(index_shape), out=into) if into is not None
+                    else x.gather(dim, index[tap].expand(index_shape)))
+        else:
+            term = (torch.index_select(x, dim, index[tap], out=into) if into is not None
+                    else x.index_select(dim, index[tap]))
+        if not unit:
+            term *= weight[tap].view(shape).to(x.dtype)
+        total = term if total is None else total.add_(term)
+    if out is not None and taps > 1:
+        out.copy_(total)
+        return out
+    return total
+
+
+def box_resize(x: Tensor, height: int, width: int, out: Tensor | None = None) -> Tensor:
+    """Resize the last two dims with PIL's ``BOX`` filter (separable: a few gathers per axis), into
+    ``out`` when given.
+
+    Rows first when they shrink (less data for the slower column gathers), columns first otherwise.
+    """
+    rows, cols = x.dim() - 2, x.dim() - 1
+    if height <= x.shape[rows]:
+        return _box_axis(_box_axis(x, height, rows), width, cols, out)
+    return _box_axis(_box_axis(x, width, cols), height, rows, out)
 
 
 _LUMA = (0.299, 0.587, 0.114)
@@ -196,92 +281,44 @@ _LUMA = (0.299, 0.587, 0.114)
 
 def rgb_to_gray(x: Tensor) -> Tensor:
     """ITU-R 601 luma ``[B, 1, H, W]`` (OpenCV ``COLOR_RGB2GRAY``)."""
-    weights = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)
+    red, green, blue = _LUMA
+    return x[:, 0:1] * red + x[:, 1:2] * green + x[:, 2:3] * blue
 
 
-# ----------------------------------------------------------------------------------------------
-# JPEG: baseline DCT quantisation, batched (libjpeg's tables and quality scaling, 4:2:0 chroma).
-# ----------------------------------------------------------------------------------------------
+def copy_chain_sources(dy: Tensor, dx: Tensor, reach: int, steps: int = 6) -> Tensor:
+    """Where each pixel's value comes from after the reference glass blur's sweep of copies.
 
-_JPEG_LUMA_TABLE = (
-    (16, 11, 10, 16, 24, 40, 51, 61),
-    (12, 12, 14, 19, 26, 58, 60, 55),
-    (14, 13, 16, 24, 40, 57, 69, 56),
-    (14, 17, 22, 29, 51, 87, 80, 62),
-    (18, 22, 37, 56, 68, 109, 103, 77),
-    (24, 35, 55, 64, 81, 104, 113, 92),
-    (49, 64, 78, 87, 103, 121, 120, 101),
-    (72, 92, 95, 98, 112, 100, 103, 99),
-)
-_JPEG_CHROMA_TABLE = (
-    (17, 18, 24, 47, 99, 99, 99, 99),
-    (18, 21, 26, 66, 99, 99, 99, 99),
-    (24, 26, 56, 99, 99, 99, 99, 99),
-    (47, 66, 99, 99, 99, 99, 99, 99),
-) + ((99,) * 8,) * 4
+    ImageNet-C's ``glass_blur`` visits the pixels ``(h, w)`` with ``reach < h <= H - reach`` and
+    ``reach < w <= W - reach`` in descending raster order and runs ``x[h, w], x[h', w'] = x[h', w'],
+    x[h, w]`` with ``(h', w') = (h + dy, w + dx)``. On an ``H x W x 3`` numpy array both sides are
+    views, so this *copies* ``x[h', w']`` into ``x[h, w]`` (the second assignment writes back the
+    value just copied). A pixel therefore takes the value its source held when it was visited:
+    the original, unless the source was visited before (later in raster order, inside the region),
+    in which case it is that source's own result. Following those links is resolved here for all
+    pixels at once by pointer doubling (``steps`` rounds resolve chains up to ``2**steps`` long; a
+    link continues with probability below 1/2, so 64 is never reached in practice).
 
-_RGB_TO_YCBCR = (
-    (0.299, 0.587, 0.114),
-    (-0.168736, -0.331264, 0.5),
-    (0.5, -0.418688, -0.081312),
-)
-_YCBCR_TO_RGB = (
-    (1.0, 0.0, 1.402),
-    (1.0, -0.344136, -0.714136),
-    (1.0, 1.772, 0.0),
-)
+    Args:
+        dy, dx: integer offsets ``[B, H, W]`` with ``-reach <= d < reach``.
+        reach: the sweep's margin (the reference's ``max_delta``).
 
-
-def jpeg_table(base: tuple[tuple[int, ...], ...], quality: int, device: torch.device | str) -> Tensor:
-    """libjpeg ``jpeg_quality_scaling`` applied to a base table, clamped to the baseline range 1..255."""
-    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
-    table = torch.tensor(base, dtype=torch.float32, device=device)
-    return torch.floor((table * scale + 50) / 100).clamp(1, 255)
-
-
-def _dct_matrix(device: torch.device | str) -> Tensor:
-    """Orthonormal 8-point DCT-II matrix (JPEG's FDCT normalisation)."""
-    k = torch.arange(8, dtype=torch.float32, device=device)[:, None]
-    n = torch.arange(8, dtype=torch.float32, device=device)[None, :]
-    basis = torch.cos(math.pi * (2 * n + 1) * k / 16) * math.sqrt(2 / 8)
-    basis[0] = basis[0] / math.sqrt(2)
-    return basis
-
-
-def _quantise_blocks(plane: Tensor, table: Tensor) -> Tensor:
-    """DCT each 8x8 block of ``plane [B, C, H, W]``, round to multiples of ``table``, invert."""
-    h, w = plane.shape[-2:]
-    ph, pw = (-h) % 8, (-w) % 8
-    plane = F.pad(plane, (0, pw, 0, ph), mode="replicate") if ph or pw else plane
-    b, c, hp, wp = plane.shape
-    blocks = plane.view(b, c, hp // 8, 8, wp // 8, 8).transpose(3, 4)
-    dct = _dct_matrix(plane.device)
-    coeffs = dct @ blocks @ dct.T
-    coeffs = torch.round(coeffs / table) * table
-    blocks = dct.T @ coeffs @ dct
-    return blocks.transpose(3, 4).reshape(b, c, hp, wp)[..., :h, :w]
-
-
-def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
-    """Simulate a baseline JPEG encode/decode of ``x [B, 3, H, W]`` in [0, 1] at ``quality``.
-
-    JFIF YCbCr, 4:2:0 chroma subsampling by 2x2 averaging (PIL's default for these qualities),
-    per-block DCT quantisation with the Annex K tables scaled as libjpeg does, and the decoder's
-    "fancy" (triangular, = bilinear half-pixel) chroma upsampling. Entropy coding is lossless and
-    skipped; the result is not rounded to 8 bits.
+    Returns:
+        int64 ``[B, H * W]``: the flat index of the original pixel each pixel ends up with.
     """
-    h, w = x.shape[-2:]
-    to_ycc = torch.tensor(_RGB_TO_YCBCR, device=x.device, dtype=x.dtype)
-    to_rgb = torch.tensor(_YCBCR_TO_RGB, device=x.device, dtype=x.dtype)
-    ycc = torch.einsum("oc,bchw->bohw", to_ycc, x * 255.0)
-    luma = ycc[:, :1] - 128.0
-    chroma = ycc[:, 1:]
-    if h % 2 or w % 2:
-        chroma = F.pad(chroma, (0, w % 2, 0, h % 2), mode="replicate")
-    chroma = F.avg_pool2d(chroma, 2)
-    luma = _quantise_blocks(luma, jpeg_table(_JPEG_LUMA_TABLE, quality, x.device)) + 128.0
-    chroma = _quantise_blocks(chroma, jpeg_table(_JPEG_CHROMA_TABLE, quality, x.device))
-    chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)[..., :h, :w]
-    rgb = torch.einsum("oc,bchw->bohw", to_rgb, torch.cat([luma, chroma], dim=1))
-    return rgb / 255.0
+    b, h, w = dy.shape
+    device = dy.device
+    rows = torch.arange(h, device=device).view(1, h, 1)
+    cols = torch.arange(w, device=device).view(1, 1, w)
+    position = (rows * w + cols).expand(b, h, w).reshape(b, h * w)
+    swept = ((rows > reach) & (rows <= h - reach) & (cols > reach) & (cols <= w - reach)).expand(b, h, w)
+    ty, tx = rows + dy, cols + dx
+    target = torch.where(swept, ty * w + tx, rows * w + cols).reshape(b, h * w)
+    source_swept = (ty > reach) & (ty <= h - reach) & (tx > reach) & (tx <= w - reach)
+    linked = (swept & source_swept).reshape(b, h * w) & (target > position)
+    result = torch.where(linked, -1, target)
+    pointer = torch.where(linked, target, position)
+    for _ in range(steps):
+        ahead = result.gather(1, pointer)
+        result = torch.where((result < 0) & (ahead >= 0), ahead, result)
+        pointer = pointer.gather(1, pointer)
+    return torch.where(result < 0, pointer, result)

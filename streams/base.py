@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "Stream", "StreamSpec", "TensorStream", "ConcatStream", "PooledStream", "from_tensors", "concat"]
+__all__ = ["Batch", "Stream", "StreamSpec", "TensorStream", "ConcatStream", "PooledStream", "from_tensors", "concat",
+           "class_indices"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,24 @@ class Stream(abc.ABC):
         }
 
 
+def class_indices(labels: Any) -> Tensor:
+    """``labels`` as int64 class indices ``[N]``; one-hot ``[N, C]`` labels, bool labels and floats that
+    are not whole numbers (which a cast would truncate, 1.9 -> 1) are refused with a message."""
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1:
+        hint = " (one-hot labels? pass labels.argmax(1))" if labels.ndim == 2 else ""
+        raise ValueError(f"labels must be class indices of shape [N], got shape {tuple(labels.shape)}{hint}")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.is_floating_point():
+        whole = torch.isfinite(labels) & (labels == labels.round())
+        if not bool(whole.all()):
+            bad = labels[~whole][:3].tolist()
+            raise TypeError(f"labels must be integer class indices, got {labels.dtype} values such as {bad} (a cast "
+                            "would truncate them); pass the class index of each image")
+    return labels.long()
+
+
 class TensorStream(Stream):
     """Batches of an in-memory tensor pair, all in one domain, in order (last batch may be partial)."""
 
@@ -128,11 +147,12 @@ class TensorStream(Stream):
             raise TypeError(f"images must be one tensor [N, ...] (e.g. [N, 3, H, W] in [0, 1]), got "
                             f"{type(images).__name__}" + (f" of tensors shaped {sizes}" if sizes else "")
                             + "; resize or centre-crop images of different sizes to one size, then torch.stack")
+        labels = class_indices(labels)
         if len(images) != len(labels):
             raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.images, self.labels = images, torch.as_tensor(labels, dtype=torch.long)
+        self.images, self.labels = images, labels
         self.domain, self.batch_size = str(domain), int(batch_size)
         self.spec = spec
 

@@ -92,7 +92,16 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.size < 8:
             raise ValueError(f"--size must be at least 8, got {args.size}")
-        image = load_image(args)
+        if os.path.isdir(args.out):
+            raise ValueError(f"--out {args.out} is a folder; pass the path of the PNG file to write")
+        try:
+            image = load_image(args)
+        except OSError as error:
+            if not args.image:
+                raise
+            reason = error.strerror or str(error)
+            raise ValueError(f"--image {args.image}: {reason}; pass an image file PIL can read (PNG, JPEG, ...)"
+                             ) from None
         path = corruption_grid(image, args.out, names=names, seed=args.seed)
     except (OSError, ValueError) as error:
         print(f"show-corruptions: {error}", file=sys.stderr)

@@ -122,8 +122,9 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "sh
 
     Every domain holds the *same* ``per_domain`` test images (a seeded subset of t10k, as ImageNet-C
     corrupts the same validation images for every corruption), shifted once with a seed derived from
-    ``seed`` and the domain name. Shifted images are quantised to 8 bits, as ImageNet-C's stored images
-    are, which also lets them be cached.
+    ``seed`` and the domain name and, per image, its t10k index (so an image's shift does not depend on
+    which others were picked with it). Shifted images are quantised to 8 bits, as ImageNet-C's stored
+    images are, which also lets them be cached.
 
     The sample order and the schedule of domains (:mod:`streams.orders`) combine:
 
@@ -181,11 +182,11 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "sh
         extra = {} if sample.kind == "shuffled" else {"sample_order": sample.spelled}
         spec = StreamSpec.make("embedded", domains, sched, batch_size, seed, per_domain=int(per_domain), data=root,
                                world=world, **extra)
-    base_x, base_y = domain_images(images, labels, int(spec.opts["per_domain"]), spec.seed)
+    base_x, base_y, pick = domain_images(images, labels, int(spec.opts["per_domain"]), spec.seed)
     names = scheduled_domains(spec.domains, sched)
     shifted = []
     for name in tqdm(names, desc="shifting test images", disable=not progress, leave=False):
-        shifted.append(_shifted(base_x, name, zlib.crc32(f"{spec.seed}:{name}".encode()), cache_dir))
+        shifted.append(_shifted(base_x, name, zlib.crc32(f"{spec.seed}:{name}".encode()), cache_dir, indices=pick))
     pairs = sample_plan(base_y, names, sched, sample, spec.seed)
     if sched == "mixed":
         from streams.base import PooledStream
@@ -200,11 +201,12 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "sh
     return ConcatStream(parts, spec=spec)
 
 
-def domain_images(images: Tensor, labels: Tensor, per_domain: int, seed: int) -> tuple[Tensor, Tensor]:
-    """The ``per_domain`` test images (a seeded subset, in a seeded order) that every domain shifts."""
+def domain_images(images: Tensor, labels: Tensor, per_domain: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``per_domain`` test images (a seeded subset, in a seeded order) that every domain shifts:
+    ``(images, labels, indices)``, the indices into the test set (which key each image's shift draws)."""
     n = min(int(per_domain), len(images))
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
-    return images[pick].contiguous(), labels[pick]
+    return images[pick].contiguous(), labels[pick], pick
 
 
 def sample_plan(labels: Tensor, names: list[str], schedule: str, sample: Any, seed: int) -> Tensor:
@@ -259,13 +261,19 @@ def _shift_code_hash() -> str:
     import importlib
 
     digest = hashlib.sha256()
-    for module in ("streams.shifts", "streams.corruptions", "streams._imageops", "streams._noise"):
+    for module in ("streams.shifts", "streams.corruptions", "streams._corruption_ops", "streams._imageops",
+                   "streams._noise", "streams._rng", "streams._poisson", "streams._frost", "streams._jpeg"):
         digest.update(Path(importlib.import_module(module).__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _shifted(images: Tensor, name: str, seed: int, cache_dir: str | os.PathLike | None) -> Tensor:
-    """``apply_shift`` quantised to 8 bits; with ``cache_dir``, read from / written to the disk cache."""
+def _shifted(images: Tensor, name: str, seed: int, cache_dir: str | os.PathLike | None,
+             indices: Tensor | None = None) -> Tensor:
+    """``apply_shift`` quantised to 8 bits; with ``cache_dir``, read from / written to the disk cache.
+
+    ``indices`` are the images' indices in the dataset (default: their positions): image ``i``'s random
+    draws depend only on ``seed`` and ``indices[i]``.
+    """
     from safetensors.torch import load_file, save_file
 
     from streams.shifts import apply_shift
@@ -274,6 +282,8 @@ def _shifted(images: Tensor, name: str, seed: int, cache_dir: str | os.PathLike 
     if cache_dir is not None:
         digest = hashlib.sha256(f"{name}:{seed}:{tuple(images.shape)}:{_shift_code_hash()}".encode())
         digest.update(images.mul(255).round().to(torch.uint8).numpy().tobytes())
+        if indices is not None:
+            digest.update(torch.as_tensor(indices, dtype=torch.int64).numpy().tobytes())
         path = Path(cache_dir) / f"{name.replace(':', '-')}-{digest.hexdigest()[:16]}.safetensors"
         if path.is_file():
             try:
@@ -281,14 +291,22 @@ def _shifted(images: Tensor, name: str, seed: int, cache_dir: str | os.PathLike 
                 return q.float().div_(255.0).expand(-1, 3, -1, -1)
             except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
                 pass
-    q = apply_shift(images, name, seed=seed).mul_(255.0).round_().to(torch.uint8)
+    q = apply_shift(images, name, seed=seed, indices=indices).mul_(255.0).round_().to(torch.uint8)
     if bool((q[:, :1] == q).all()):
         q = q[:, :1].contiguous()  # grey: one channel stored, replicated on reading
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"images": q}, str(tmp))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"images": q}, str(tmp))
+            os.replace(tmp, path)
+        except OSError as err:  # a file where the cache folder belongs, a read-only cache: run without it
+            import warnings
+
+            warnings.warn(f"cannot cache the shifted domain {name!r} in {path.parent} ({err}); computing it each time",
+                          stacklevel=2)
+            if tmp.is_file():
+                tmp.unlink()
     return q.float().div_(255.0).expand(-1, 3, -1, -1)
 
 

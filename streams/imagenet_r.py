@@ -16,11 +16,18 @@ model): resize the shorter side to ``image_size`` (bicubic, antialiased), centre
 [0, 1]. Grayscale, CMYK, 16-bit and palette images are converted to RGB; images with an alpha channel
 (RGBA, LA, palette with transparency) are composited on a white background. EXIF orientation is not
 applied (as in the reference ImageFolder evaluation). Unreadable or truncated files are skipped,
-logged with their path and recorded in ``skipped`` as (path, reason); they never crash a run.
+logged with their path and recorded in ``skipped`` as (path, reason); they never crash a run. So are
+images whose header announces more than :data:`MAX_PIXELS` pixels or an aspect ratio beyond
+1::data:`MAX_ASPECT` (a 1x10000 PNG would be resized to 224x2,240,000 pixels): they are refused from the
+header, before any pixel is decoded, in whichever loader worker reads them. Entries of the folders that
+cannot be listed (a symlink loop, an unreadable class folder) are skipped and reported the same way, at
+scan time. The stream's header description holds a fingerprint of the files it reads (their relative
+paths and sizes), so a resumed run notices another set of files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import zlib
@@ -42,9 +49,9 @@ from streams.base import Batch, Stream, StreamSpec
 
 __all__ = [
     "IMAGENET_WNIDS", "IMAGENET_CLASSNAMES", "IMAGENET_R_WNIDS", "IMAGENET_R_CLASSNAMES",
-    "IMAGENET_R_MASK", "IMAGENET_R_INDICES", "RENDITIONS", "ORDERS", "DOWNLOAD_URL",
+    "IMAGENET_R_MASK", "IMAGENET_R_INDICES", "RENDITIONS", "ORDERS", "DOWNLOAD_URL", "MAX_PIXELS", "MAX_ASPECT",
     "project_logits", "ImageNetRFolder", "Sample", "collate_drop_failed", "ImageNetRStream",
-    "imagenet_r_stream", "from_spec",
+    "imagenet_r_stream", "from_spec", "decode_image", "list_folders", "list_images", "files_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,11 @@ LEGACY_ORDERS: dict[str, tuple[str, str]] = {
 #: schedules ImageNet-R supports (no severities, so no ``gradual``)
 SCHEDULES = ("continual", "reset_each_shift", "mixed")
 UNKNOWN_DOMAIN = "unknown"  # files whose name has no "<rendition>_" prefix
+#: images with more pixels than this are skipped from their header (PIL's own decompression-bomb limit)
+MAX_PIXELS = 89_478_485
+#: images whose long side exceeds this many times the short side are skipped from their header (resizing
+#: the short side to 224 would blow the long side up: a 1x10000 PNG costs gigabytes)
+MAX_ASPECT = 25
 
 
 def _read_lines(name: str) -> tuple[str, ...]:
@@ -127,6 +139,65 @@ def _clip_eval_transform(img: Image.Image, image_size: int) -> Tensor:
     return TF.to_tensor(img)
 
 
+def decode_image(path: str | os.PathLike[str], image_size: int) -> Tensor:
+    """One image file as CLIP's eval crop, a [3, S, S] float tensor in [0, 1]; raises on an unreadable or
+    truncated file, and (from the header, before decoding) on more than :data:`MAX_PIXELS` pixels or an
+    aspect ratio beyond 1::data:`MAX_ASPECT`."""
+    with Image.open(path) as img:
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"{width}x{height} pixels, more than the {MAX_PIXELS} an image may have here")
+        if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+            raise ValueError(f"extreme aspect ratio {width}x{height} (beyond 1:{MAX_ASPECT}): not a photo to "
+                             "centre-crop")
+        img.load()  # force a full decode so truncated files fail here
+        rgb = _to_rgb(img)
+    return _clip_eval_transform(rgb, image_size)
+
+
+def list_folders(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Sorted names of the visible sub-folders of ``root``, and (path, reason) of entries that cannot be
+    checked (a symlink loop, a broken permission): those are skipped, never a crash."""
+    names, problems = [], []
+    with os.scandir(root) as entries:
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir():
+                    names.append(e.name)
+            except OSError as err:
+                problems.append((str(root / e.name), f"{type(err).__name__}: {err.strerror or err}"))
+    return sorted(names), problems
+
+
+def list_images(folder: Path) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """Sorted (file name, size) of the image files in ``folder``, and (path, reason) of what cannot be
+    listed: the folder itself (unreadable) or single entries (a symlink loop)."""
+    files, problems = [], []
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if not e.name.lower().endswith(IMG_EXTENSIONS):
+                    continue
+                try:
+                    if e.is_file():
+                        files.append((e.name, e.stat().st_size))
+                except OSError as err:
+                    problems.append((str(folder / e.name), f"{type(err).__name__}: {err.strerror or err}"))
+    except OSError as err:
+        problems.append((str(folder), f"unreadable folder ({type(err).__name__}: {err.strerror or err})"))
+    return sorted(files), problems
+
+
+def files_fingerprint(root: Path, files: Sequence[tuple[str, int]]) -> str:
+    """A short hash of the files a folder stream reads: paths relative to ``root``, and sizes."""
+    digest = hashlib.sha256()
+    for path, size in files:
+        digest.update(f"{os.path.relpath(path, root)}:{size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 class Sample(NamedTuple):
     """One decoded file. ``image`` is None when decoding failed; ``error`` then says why."""
 
@@ -167,13 +238,18 @@ class ImageNetRFolder(Dataset):
         self.samples: list[tuple[str, int, str]] = []
         self.empty_classes: list[str] = []
         self.skipped: list[tuple[str, str]] = []  # filled only by __getitem__ in this process
+        self.scan_skipped: list[tuple[str, str]] = []  # entries the scan could not list (symlink loops, ...)
         self._scan()
 
     def _scan(self) -> None:
         root = self.root
         if not root.is_dir():
             raise FileNotFoundError(_missing_root_message(root))
-        folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        try:
+            folders, self.scan_skipped = list_folders(root)
+        except PermissionError:
+            raise PermissionError(f"cannot list the ImageNet-R folder {root}: permission denied; make it readable "
+                                  "by this user") from None
         unknown = [f for f in folders if f not in _R_LABEL]
         if unknown:
             hint = ""
@@ -190,19 +266,23 @@ class ImageNetRFolder(Dataset):
                 _missing_root_message(root) + f" ({root} exists but has no class folders.)")
         keep = set(self.renditions) if self.renditions is not None else None
         unknown_domains: set[str] = set()
+        self.files: list[tuple[str, int]] = []
         for wnid in folders:
-            names = sorted(e.name for e in os.scandir(root / wnid)
-                           if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
+            names, problems = list_images(root / wnid)
+            self.scan_skipped += problems
             if not names:
                 self.empty_classes.append(wnid)
                 continue
-            for name in names:
+            for name, size in names:
                 domain = _domain_of(name)
                 if keep is not None and domain not in keep:
                     continue
                 if domain not in RENDITIONS:
                     unknown_domains.add(domain)
                 self.samples.append((str(root / wnid / name), _R_LABEL[wnid], domain))
+                self.files.append((str(root / wnid / name), size))
+        for path, reason in self.scan_skipped:
+            log.warning("ImageNet-R: skipped %s (%s)", path, reason)
         if self.empty_classes:
             log.warning("ImageNet-R: %d empty class folder(s) under %s: %s", len(self.empty_classes), root,
                         ", ".join(self.empty_classes))
@@ -227,12 +307,9 @@ class ImageNetRFolder(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> Tensor:
-        """Decode file ``index`` to a [3, S, S] float tensor in [0, 1]; raises on unreadable files."""
-        path = self.samples[index][0]
-        with Image.open(path) as img:
-            img.load()  # force a full decode so truncated files fail here
-            rgb = _to_rgb(img)
-        return _clip_eval_transform(rgb, self.image_size)
+        """Decode file ``index`` to a [3, S, S] float tensor in [0, 1] (:func:`decode_image`); raises on
+        unreadable files and on images too large or too elongated to decode."""
+        return decode_image(self.samples[index][0], self.image_size)
 
     def __getitem__(self, index: int) -> Sample:
         path, label, _ = self.samples[index]
@@ -346,7 +423,7 @@ class ImageNetRStream(Stream):
         A batch whose files all fail to decode is dropped (logged), so the number of batches seen
         can be lower than ``len(self)`` and the running ``index`` only counts yielded batches.
         """
-        self.skipped = []
+        self.skipped = list(self.dataset.scan_skipped)
         loader = DataLoader(self.dataset, batch_sampler=[list(b.indices) for b in self._plan],
                             num_workers=self.num_workers, collate_fn=collate_drop_failed,
                             persistent_workers=False)
@@ -370,7 +447,8 @@ class ImageNetRStream(Stream):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(images=self.num_images, empty_classes=list(self.dataset.empty_classes),
-                 skipped=[list(s) for s in self.skipped])
+                 files_hash=files_fingerprint(self.dataset.root, self.dataset.files),
+                 unlisted=[list(s) for s in self.dataset.scan_skipped], skipped=[list(s) for s in self.skipped])
         return d
 
 

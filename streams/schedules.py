@@ -4,8 +4,11 @@ A corruption stream applies ImageNet-C corruptions (:mod:`streams.corruptions`) 
 clean images: an in-memory tensor (e.g. the Fashion-MNIST test set) or a folder of clean ImageNet
 validation images ``<root>/<wnid>/*.JPEG``. A frozen :class:`~streams.base.StreamSpec` and its seed fix
 every choice (image order, corruption seeds), so every method iterating the same spec sees
-bit-identical batches. Corruptions are applied lazily, one batch at a time (on the CPU in loader
-workers, or on ``device``), so a long stream never holds its corrupted copies in memory.
+bit-identical batches. A base image's corruption under a condition depends only on the spec's seed,
+the condition and the image's base index (:func:`apply_conditions`), not on the batch size, the order
+or the other images of its batch: the corrupted test set is the same in every order. Corruptions are
+applied lazily, one batch at a time (on the CPU in loader workers, or on ``device``), so a long stream
+never holds its corrupted copies in memory.
 
 Orders (``spec.order``; protocols of the online test-time-adaptation literature, e.g. Wang et al.,
 TENT, ICLR 2021, and the continual / gradual benchmarks of Döbler et al.'s test-time-adaptation repo):
@@ -169,13 +172,13 @@ class ImageNetValFolder(Dataset):
 
     def __init__(self, root: str | os.PathLike[str], image_size: int = 224) -> None:
         from streams.corruptions import CORRUPTIONS
-        from streams.imagenet_r import IMAGENET_WNIDS, IMG_EXTENSIONS
+        from streams.imagenet_r import IMAGENET_WNIDS, list_folders, list_images
 
         self.root, self.image_size = Path(root).expanduser(), int(image_size)
         if not self.root.is_dir():
             raise FileNotFoundError(f"ImageNet validation folder not found: looked at {self.root}. "
                                     + IMAGENET_VAL_HELP)
-        folders = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
+        folders, self.scan_skipped = list_folders(self.root)  # symlink loops, unreadable entries: skipped
         if set(folders) & set(CORRUPTIONS):
             raise ValueError(
                 f"{self.root} looks like a pre-rendered ImageNet-C folder (<corruption>/<severity>/<wnid>); "
@@ -187,10 +190,12 @@ class ImageNetValFolder(Dataset):
             raise ValueError(f"{self.root} contains folder(s) that are not ImageNet wnids: {unknown[:5]}. "
                              + IMAGENET_VAL_HELP)
         self.samples: list[tuple[str, int]] = []
+        self.files: list[tuple[str, int]] = []
         for wnid in folders:
-            names = sorted(e.name for e in os.scandir(self.root / wnid)
-                           if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
-            self.samples += [(str(self.root / wnid / n), index[wnid]) for n in names]
+            names, problems = list_images(self.root / wnid)
+            self.scan_skipped += problems
+            self.samples += [(str(self.root / wnid / n), index[wnid]) for n, _ in names]
+            self.files += [(str(self.root / wnid / n), size) for n, size in names]
         if not self.samples:
             raise FileNotFoundError(f"no images under {self.root}/<wnid>/. " + IMAGENET_VAL_HELP)
 
@@ -199,16 +204,11 @@ class ImageNetValFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor | None, int, str, str | None]:
         """(image [3, S, S] or None, label, path, error or None)."""
-        from PIL import Image
-
-        from streams.imagenet_r import _clip_eval_transform, _to_rgb
+        from streams.imagenet_r import decode_image
 
         path, label = self.samples[i]
         try:
-            with Image.open(path) as img:
-                img.load()
-                rgb = _to_rgb(img)
-            return _clip_eval_transform(rgb, self.image_size), label, path, None
+            return decode_image(path, self.image_size), label, path, None
         except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never the run
             return None, label, path, f"{type(exc).__name__}: {exc}"
 
@@ -232,7 +232,7 @@ class _Planned:
     domain: str
     indices: Tensor  # base-image indices
     conds: Tensor  # condition id per image (index into the stream's ``conditions``)
-    position: int  # position in the plan (keys the corruption seeds)
+    position: int  # position in the plan
 
 
 class _PlanDataset(Dataset):
@@ -261,9 +261,10 @@ class _PlanDataset(Dataset):
             images = torch.stack([items[j][0] for j in ok])
             labels = torch.tensor([items[j][1] for j in ok], dtype=torch.long)
             conds = planned.conds[ok]
+        indices = planned.indices if self.folder is None else planned.indices[ok]
         if self.corrupt_here:
-            images = apply_conditions(images, conds, self.conditions, self.seed, planned.position)
-        return {"images": images, "labels": labels, "conds": conds, "skipped": skipped}
+            images = apply_conditions(images, conds, self.conditions, self.seed, indices)
+        return {"images": images, "labels": labels, "conds": conds, "indices": indices, "skipped": skipped}
 
 
 def _identity(x: Any) -> Any:
@@ -271,9 +272,10 @@ def _identity(x: Any) -> Any:
 
 
 def apply_conditions(images: Tensor, conds: Tensor, conditions: Sequence[tuple[str, int]], seed: int,
-                     position: int) -> Tensor:
-    """Corrupt each group of ``images`` sharing a condition, with a seed fixed by (spec seed,
-    condition, plan position); ``"clean"`` is left unchanged."""
+                     indices: Tensor) -> Tensor:
+    """Corrupt each group of ``images`` sharing a condition with a seed fixed by (spec seed, condition)
+    and the images' base indices, so a base image gets the same corruption under a condition at any
+    batch size, position or order; ``"clean"`` is left unchanged."""
     from streams.corruptions import corrupt
 
     out = images.clone()
@@ -281,14 +283,16 @@ def apply_conditions(images: Tensor, conds: Tensor, conditions: Sequence[tuple[s
         name, severity = conditions[c]
         if name == CLEAN:
             continue
-        mask = (conds == c).to(images.device)
-        key = f"corrupt:{name}@{severity}:{position}"
+        host_mask = conds.cpu() == c
+        mask = host_mask.to(images.device)
+        ids = indices[host_mask]
+        key = f"corrupt:{name}@{severity}"
         if severity:
-            out[mask] = corrupt(images[mask], name, severity, seed=_seed(seed, key))
+            out[mask] = corrupt(images[mask], name, severity, seed=_seed(seed, key), indices=ids)
         else:  # a severity-free shift of streams.shifts
             from streams.shifts import get_shift
 
-            out[mask] = get_shift(name)(images[mask].contiguous(), _seed(seed, key))
+            out[mask] = get_shift(name)(images[mask].contiguous(), _seed(seed, key), ids)
     return out
 
 
@@ -419,7 +423,7 @@ class CorruptionStream(Stream):
 
     def __iter__(self) -> Iterator[Batch]:
         """Yield batches in plan order; resets and refills ``skipped``."""
-        self.skipped = []
+        self.skipped = list(self.folder.scan_skipped) if self.folder is not None else []
         on_device = self.device is not None and self.device.type != "cpu"
         data = _PlanDataset(self, corrupt_here=not on_device)
         if self.num_workers > 0:
@@ -439,7 +443,7 @@ class CorruptionStream(Stream):
             images = out["images"]
             if on_device:
                 images = apply_conditions(images.to(self.device, non_blocking=True), out["conds"],
-                                          self.conditions, self.spec.seed, planned.position)
+                                          self.conditions, self.spec.seed, out["indices"])
             mixed = (tuple(self.segment_names[int(c)] for c in out["conds"])
                      if self.spec.order == "mixed" else None)
             yield Batch(images, out["labels"], planned.domain, index, mixed)
@@ -452,6 +456,11 @@ class CorruptionStream(Stream):
         d.update(base_images=self.num_base, images=self.num_images,
                  conditions=[f"{c}@{s}" if s else c for c, s in self.conditions],
                  setting=setting_for(self.spec), skipped=[list(s) for s in self.skipped])
+        if self.folder is not None:  # which files a resumed run must find again
+            from streams.imagenet_r import files_fingerprint
+
+            d.update(files_hash=files_fingerprint(self.folder.root, self.folder.files),
+                     unlisted=[list(s) for s in self.folder.scan_skipped])
         return d
 
 

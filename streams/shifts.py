@@ -1,8 +1,10 @@
 """The embedded world's distribution shifts: ImageNet-C corruptions and rendition-like shifts.
 
 Every shift maps a batch ``[B, 3, H, W]`` in [0, 1] to the same shape in [0, 1] and is deterministic
-given ``seed``. Corruptions wrap :func:`streams.corruptions.corrupt` (Hendrycks & Dietterich, ICLR 2019)
-at severity 5 (the online TTA protocol's); the rendition-like shifts (in the spirit of ImageNet-R's renditions) are:
+given ``seed`` and, per image, its dataset index (``indices``; without, its content): an image's shift
+never depends on the other images of its batch (:mod:`streams._rng`). Corruptions wrap
+:func:`streams.corruptions.corrupt` (Hendrycks & Dietterich, ICLR 2019) at severity 5 (the online TTA
+protocol's); the rendition-like shifts (in the spirit of ImageNet-R's renditions) are:
 
 - ``invert``: the photographic negative, 1 − x;
 - ``rotate``: each image rotated by a random angle of 25-45 degrees, either direction;
@@ -26,17 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from streams._rng import Draws, check_indices, check_seed, image_keys
 from streams.corruptions import CORRUPTIONS, corrupt
 
 __all__ = ["Shift", "SHIFTS", "DEFAULT_DOMAINS", "ID_DOMAIN", "get_shift", "apply_shift", "describe"]
 
-ShiftFn = Callable[[Tensor, int], Tensor]
+ShiftFn = Callable[[Tensor, int, "Tensor | None"], Tensor]
 ID_DOMAIN = "clean"
 
 
 @dataclass(frozen=True)
 class Shift:
-    """A named shift: ``shift(images, seed)`` -> shifted images (same shape, [0, 1])."""
+    """A named shift: ``shift(images, seed, indices)`` -> shifted images (same shape, [0, 1])."""
 
     name: str
     fn: ShiftFn
@@ -44,25 +47,28 @@ class Shift:
     seen: bool  # a family the pretraining augmentation covered
     severity: int | None = None
 
-    def __call__(self, images: Tensor, seed: int = 0) -> Tensor:
+    def __call__(self, images: Tensor, seed: int = 0, indices: Sequence[int] | Tensor | None = None) -> Tensor:
+        """Shift ``images``; with ``indices`` (one dataset index per image) image ``i``'s random draws
+        depend only on ``(seed, indices[i])``, without on ``(seed, its content)``."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"shift {self.name!r}: expected [B, 3, H, W] images, got {tuple(images.shape)}")
-        return self.fn(images, seed).clamp(0, 1)
+        seed = check_seed(seed)
+        ids = None if indices is None else check_indices(indices, images.shape[0], images.device)
+        return self.fn(images, seed, ids).clamp(0, 1)
 
 
-def _identity(x: Tensor, seed: int) -> Tensor:
+def _identity(x: Tensor, seed: int, indices: Tensor | None) -> Tensor:
     return x.clone()
 
 
-def _invert(x: Tensor, seed: int) -> Tensor:
+def _invert(x: Tensor, seed: int, indices: Tensor | None) -> Tensor:
     return 1 - x
 
 
-def _rotate(x: Tensor, seed: int, low: float = 25.0, high: float = 45.0) -> Tensor:
-    gen = torch.Generator().manual_seed(int(seed))
-    b = x.shape[0]
-    angle = low + (high - low) * torch.rand(b, generator=gen)
-    angle = torch.deg2rad(angle * torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)).to(x)
+def _rotate(x: Tensor, seed: int, indices: Tensor | None, low: float = 25.0, high: float = 45.0) -> Tensor:
+    draws = Draws(image_keys(seed, x, indices))
+    angle = draws.uniform("rotate:angle", (), low, high)
+    angle = torch.deg2rad(angle * torch.where(draws.uniform("rotate:sign", ()) < 0.5, -1.0, 1.0)).to(x)
     cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -73,7 +79,7 @@ def _grey(x: Tensor) -> Tensor:
     return x.mean(1, keepdim=True)
 
 
-def _sketch(x: Tensor, seed: int) -> Tensor:
+def _sketch(x: Tensor, seed: int, indices: Tensor | None) -> Tensor:
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
     g = F.pad(_grey(x), (1, 1, 1, 1), mode="replicate")
     gx = F.conv2d(g, kx.view(1, 1, 3, 3))
@@ -83,17 +89,17 @@ def _sketch(x: Tensor, seed: int) -> Tensor:
     return mag.expand_as(x).clone()
 
 
-def _silhouette(x: Tensor, seed: int) -> Tensor:
+def _silhouette(x: Tensor, seed: int, indices: Tensor | None) -> Tensor:
     return (_grey(x) > 0.1).to(x.dtype).expand_as(x).clone()
 
 
-def _upside_down(x: Tensor, seed: int) -> Tensor:
+def _upside_down(x: Tensor, seed: int, indices: Tensor | None) -> Tensor:
     return x.flip(-2)
 
 
 def _corruption(name: str, severity: int) -> ShiftFn:
-    def fn(x: Tensor, seed: int) -> Tensor:
-        return corrupt(x, name, severity, seed=seed)
+    def fn(x: Tensor, seed: int, indices: Tensor | None) -> Tensor:
+        return corrupt(x, name, severity, seed=seed, indices=indices)
 
     fn.__name__ = f"{name}_{severity}"
     return fn
@@ -137,12 +143,18 @@ def get_shift(name: str) -> Shift:
     return Shift(name, _corruption(base, int(sev)), "corruption", shift.seen, int(sev))
 
 
-def apply_shift(images: Tensor, name: str, seed: int = 0, chunk: int = 512) -> Tensor:
-    """Apply shift ``name`` to a whole set in chunks (chunk ``i`` uses seed ``seed * 1000 + i``)."""
+def apply_shift(images: Tensor, name: str, seed: int = 0, indices: Sequence[int] | Tensor | None = None,
+                chunk: int = 512) -> Tensor:
+    """Apply shift ``name`` to a whole set in chunks of ``chunk`` images.
+
+    Image ``i`` is shifted with ``seed`` and its dataset index ``indices[i]`` (default: its position
+    ``i`` in ``images``), so the result does not depend on ``chunk``.
+    """
     shift = get_shift(name)
     if len(images) == 0:
         return images.clone()
-    parts = [shift(images[i : i + chunk].contiguous(), seed * 1000 + i // chunk) for i in range(0, len(images), chunk)]
+    ids = torch.arange(len(images)) if indices is None else check_indices(indices, len(images), torch.device("cpu"))
+    parts = [shift(images[i : i + chunk].contiguous(), seed, ids[i : i + chunk]) for i in range(0, len(images), chunk)]
     return torch.cat(parts)
 
 

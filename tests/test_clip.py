@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -243,3 +244,78 @@ def test_resolve_templates(tmp_path) -> None:
         resolve_templates(str(bad))
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         resolve_templates(str(tmp_path / "missing.txt"))
+
+
+# ----------------------------------------------------------------------------- a damaged or foreign head cache
+
+
+def _cached(tmp_path, tiny_clip, tiny_tokenizer, classes, templates):
+    cache = tmp_path / "heads"
+    clf = build_classifier(tiny_clip, tiny_tokenizer, classes, templates, head_cache_dir=cache)
+    (path,) = cache.glob("zeroshot-head-*.safetensors")
+    return cache, path, clf.head.weight.detach().clone()
+
+
+def test_a_truncated_head_cache_is_rebuilt_with_a_warning(tmp_path, tiny_clip, tiny_tokenizer, tiny_classes,
+                                                          tiny_templates) -> None:
+    cache, path, head = _cached(tmp_path, tiny_clip, tiny_tokenizer, tiny_classes, tiny_templates)
+    path.write_bytes(path.read_bytes()[:40])  # a run killed while writing it (before the atomic write)
+    with pytest.warns(UserWarning, match="head cache .* unusable"):
+        again = build_classifier(tiny_clip, tiny_tokenizer, tiny_classes, tiny_templates, head_cache_dir=cache)
+    torch.testing.assert_close(again.head.weight, head)
+    assert torch.equal(adawise.load_checkpoint(path)["weight"], head)  # rewritten, whole
+
+
+def test_a_head_cache_with_other_rows_is_not_used(tmp_path, tiny_clip, tiny_tokenizer, tiny_classes,
+                                                  tiny_templates) -> None:
+    cache, path, head = _cached(tmp_path, tiny_clip, tiny_tokenizer, tiny_classes, tiny_templates)
+    adawise.save_state_dict({"weight": head[:3]}, path)  # a 3-row head under the 5-class key
+    with pytest.warns(UserWarning, match=r"\[3, 32\] head for 5 class names"):
+        again = build_classifier(tiny_clip, tiny_tokenizer, tiny_classes, tiny_templates, head_cache_dir=cache)
+    assert again.head.weight.shape == (5, 32)
+    torch.testing.assert_close(again.head.weight, head)
+
+
+def test_head_cache_writes_are_atomic_and_readable_by_others(tmp_path, monkeypatch, tiny_clip, tiny_tokenizer,
+                                                              tiny_classes, tiny_templates) -> None:
+    cache = tmp_path / "heads"
+
+    def dies_midway(tensors, path, metadata=None):
+        open(path, "wb").write(b"\x00" * 10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(clipmod, "save_state_dict", dies_midway)
+    with pytest.warns(UserWarning, match="cannot write the zero-shot head cache"):
+        build_classifier(tiny_clip, tiny_tokenizer, tiny_classes, tiny_templates, head_cache_dir=cache)
+    assert list(cache.iterdir()) == []  # no partial file under the final name, no temporary left
+    monkeypatch.undo()
+    _, path, _ = _cached(tmp_path, tiny_clip, tiny_tokenizer, tiny_classes, tiny_templates)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not private to this user
+
+
+def test_a_head_cache_path_that_is_a_folder_is_skipped(tmp_path, tiny_clip, tiny_tokenizer, tiny_classes,
+                                                       tiny_templates) -> None:
+    cache, path, head = _cached(tmp_path, tiny_clip, tiny_tokenizer, tiny_classes, tiny_templates)
+    path.unlink()
+    path.mkdir()
+    with pytest.warns(UserWarning, match="not a regular file"):
+        again = build_classifier(tiny_clip, tiny_tokenizer, tiny_classes, tiny_templates, head_cache_dir=cache)
+    torch.testing.assert_close(again.head.weight, head)
+
+
+def test_pretrained_weights_of_another_width_give_one_clear_error(tmp_path, tiny_cfg, make_tiny_clip) -> None:
+    path = tmp_path / "tiny.safetensors"
+    adawise.save_state_dict(make_tiny_clip().state_dict(), path)
+    wider = copy.deepcopy(tiny_cfg)
+    wider["vision_cfg"]["width"] = 96
+    with pytest.raises(StateDictMismatchError, match=r"does not fit the architecture the custom config: .*shape "
+                                                     r"mismatches \(\d+\): .*\(96,\) vs \(64,\)"):
+        create_clip(wider, pretrained=path)
+    with pytest.raises(StateDictMismatchError, match="does not fit the architecture ViT-B-16: .*keys only in"):
+        create_clip("ViT-B-16", pretrained=path)  # open_clip's own loader would fail with an AssertionError
+    bad = copy.deepcopy(tiny_cfg)
+    bad["vision_cfg"]["widht"] = 64
+    with pytest.raises(adawise.UsageError, match="custom open_clip config cannot build a CLIP"):
+        create_clip(bad)

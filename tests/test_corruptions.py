@@ -42,8 +42,16 @@ def test_names_in_reference_order():
     assert RANDOM_CORRUPTIONS <= set(CORRUPTIONS)
 
 
+#: severities after which the reference itself does not get stronger (mean |corrupted - clean| on the
+#: bundled photos, docs/imagenet_c.md): snow 2 -> 3 (0.254 -> 0.253), frost 3 -> 4 (0.309 -> 0.297),
+#: elastic_transform 2 -> 3 (rows 1-2 are large smooth warps, rows 3-5 small local jitter); fog: the
+#: min-max normalisation of each random plasma map moves the amount of fog from draw to draw by about
+#: as much as severities 2-5 differ (0.197, 0.211, 0.210, 0.219), so four small images show 1 < 2 only
+REFERENCE_NOT_INCREASING = {"snow": {2}, "frost": {3}, "fog": {2, 3, 4}, "elastic_transform": {2}}
+
+
 @pytest.mark.parametrize("name", CORRUPTIONS)
-def test_every_severity_keeps_shape_range_and_grows(name):
+def test_every_severity_keeps_shape_range_and_follows_the_reference_order(name):
     for label, x in BATCHES.items():
         distances = []
         for severity in range(1, 6):
@@ -52,7 +60,8 @@ def test_every_severity_keeps_shape_range_and_grows(name):
             assert torch.isfinite(y).all()
             assert y.min() >= 0 and y.max() <= 1
             distances.append((y - x).abs().mean().item())
-        assert all(b > a for a, b in zip(distances, distances[1:], strict=False)), (label, distances)
+        skip = REFERENCE_NOT_INCREASING.get(name, set())
+        assert all(distances[s] > distances[s - 1] for s in range(1, 5) if s not in skip), (label, distances)
         assert distances[0] > 0, (label, distances)
 
 
@@ -64,7 +73,10 @@ def test_external_check_uniform_noise_batch(name):
         y = corrupt(x, name, severity, seed=0)
         assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
         distances.append((y - x).abs().mean().item())
-    assert distances[4] > distances[0]
+    if name == "elastic_transform":  # as in the reference: severity 1 (a large warp) beats 5 (local jitter)
+        assert distances[0] > distances[4] > distances[2]
+    else:
+        assert distances[4] > distances[0]
     assert torch.equal(corrupt(x, name, 3, seed=0), corrupt(x, name, 3, seed=0))
 
 
@@ -97,6 +109,9 @@ def test_dtype_int_like_severity_tiny_and_empty_batch():
     assert torch.equal(corrupt(x, "fog", np.int64(2)), corrupt(x, "fog", 2))
     tiny = torch.rand(1, 3, 2, 3, generator=torch.Generator().manual_seed(0))
     assert all(corrupt(tiny, name, 5).shape == tiny.shape for name in CORRUPTIONS)
+    dot = torch.rand(2, 3, 1, 1, generator=torch.Generator().manual_seed(1))
+    for name in CORRUPTIONS:  # a new tensor, never the input (a 1-pixel resize is the identity)
+        assert corrupt(dot, name, 5).data_ptr() != dot.data_ptr(), name
     empty = torch.zeros(0, 3, 16, 16)
     assert corrupt(empty, "snow", 4).shape == (0, 3, 16, 16)
 
@@ -115,6 +130,54 @@ def test_clear_errors():
         corrupt(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "fog", 1)
     with pytest.raises(TypeError, match="torch.Tensor"):
         corrupt(np.zeros((1, 3, 8, 8)), "fog", 1)
+    with pytest.raises(ValueError, match="frost_source"):
+        corrupt(x, "frost", 1, frost_source="paint")
+
+
+@pytest.mark.parametrize("seed", [1.5, True, "3", None, np.float64(2.0)])
+def test_seed_must_be_an_integer(seed):
+    with pytest.raises(TypeError, match=r"seed must be a non-negative integer.*int\(seed\)"):
+        corrupt(torch.rand(1, 3, 8, 8), "gaussian_noise", 1, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**70])
+def test_seed_must_be_in_range(seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer from 0 to 2\*\*63 - 1.*seed % 2\*\*63"):
+        corrupt(torch.rand(1, 3, 8, 8), "gaussian_noise", 1, seed=seed)
+
+
+def test_large_and_numpy_seeds_work():
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(corrupt(x, "fog", 1, seed=np.int64(7)), corrupt(x, "fog", 1, seed=7))
+    assert not torch.equal(corrupt(x, "fog", 1, seed=2**63 - 1), corrupt(x, "fog", 1, seed=7))
+
+
+def test_values_outside_unit_range_are_refused_unless_clamped():
+    normalised = (torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) - 0.45) / 0.27
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\].*from -1\.\d+ to 2\.\d+.*normalised.*clamp=True"):
+        corrupt(normalised, "contrast", 1)
+    clipped = normalised.clamp(0, 1)
+    assert torch.equal(corrupt(normalised, "contrast", 1, clamp=True), corrupt(clipped, "contrast", 1))
+    nan = clipped.clone()
+    nan[0, 1, 2, 3] = float("nan")
+    for clamp in (False, True):
+        with pytest.raises(ValueError, match="1 NaN value.*nan_to_num"):
+            corrupt(nan, "gaussian_noise", 1, clamp=clamp)
+
+
+def test_indices_are_checked():
+    x = torch.rand(3, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"one index per image: shape \(3,\)"):
+        corrupt(x, "gaussian_noise", 1, indices=[0, 1])
+    with pytest.raises(ValueError, match="non-negative"):
+        corrupt(x, "gaussian_noise", 1, indices=torch.tensor([0, -1, 2]))
+    with pytest.raises(ValueError, match="from 0 to 2"):
+        corrupt(x, "gaussian_noise", 1, indices=[0, -1, 2])
+    with pytest.raises(TypeError, match="indices must be integers"):
+        corrupt(x, "gaussian_noise", 1, indices=torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(TypeError, match="indices must be integers"):
+        corrupt(x, "gaussian_noise", 1, indices=[0, 1.5, 2])
+    assert torch.equal(corrupt(x, "fog", 2, indices=np.array([4, 5, 6])), corrupt(x, "fog", 2, indices=[4, 5, 6]))
 
 
 # ----- fidelity of the pieces against the libraries the reference called -------------------------
@@ -157,19 +220,42 @@ def test_pixelate_matches_pil_box_round_trip():
         assert np.abs(ours - reference).max() < 1e-5
 
 
-def test_jpeg_close_to_pil():
+def _levels(x: torch.Tensor) -> torch.Tensor:
+    """8-bit levels of an image in [0, 1] (equal levels: the same 8-bit image)."""
+    return (x.double() * 255).round()
+
+
+def _pil_jpeg(array: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image
 
-    x = textured(1, 48)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), dtype=np.float32) / 255
+
+
+def test_jpeg_is_libjpeg_on_the_cpu_and_close_to_it_elsewhere():
+    from streams._jpeg import simulate_jpeg
+
+    x = textured(2, 48)
     x = (x * 255).round() / 255
-    array = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    arrays = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     for severity, quality in enumerate((25, 18, 15, 10, 7), start=1):
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, "JPEG", quality=quality)
-        decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), dtype=np.float32) / 255
-        reference = torch.from_numpy(decoded).permute(2, 0, 1)[None]
-        ours = corrupt(x, "jpeg_compression", severity)
-        assert (ours - reference).abs().mean() < 0.006, quality
+        reference = torch.from_numpy(np.stack([_pil_jpeg(a, quality) for a in arrays])).permute(0, 3, 1, 2)
+        assert torch.equal(_levels(corrupt(x, "jpeg_compression", severity)), _levels(reference)), quality
+        assert (simulate_jpeg(x, quality) - reference).abs().mean() < 0.006, quality  # the CUDA path
+
+
+def test_jpeg_roundtrip_matches_how_the_imagenet_c_files_were_saved():
+    x = textured(2, 40, seed=4)
+    for name in ("fog", "contrast"):
+        plain = corrupt(x, name, 3, seed=2)
+        saved = corrupt(x, name, 3, seed=2, jpeg_roundtrip=True)
+        # make_imagenet_c.py: Image.fromarray(np.uint8(img)).save(path, quality=85, optimize=True)
+        truncated = np.uint8(plain.permute(0, 2, 3, 1).double().numpy() * 255 + 1e-3)
+        expected = torch.from_numpy(np.stack([_pil_jpeg(a, 85) for a in truncated])).permute(0, 3, 1, 2)
+        assert saved.shape == x.shape and saved.dtype == x.dtype
+        assert torch.equal(_levels(saved), _levels(expected)), name
+        assert 0 < (saved - plain).abs().mean() < 0.02
 
 
 def test_filters_match_scipy():
@@ -218,15 +304,25 @@ def test_motion_kernel_matches_imagecorruptions_shifts():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
+    from streams._rng import Draws, image_keys
+
     x = textured(2, 64)
+    keys = image_keys(4, x)
+    assert torch.equal(image_keys(4, x.cuda()).cpu(), keys)  # the same integers on both devices
+    assert torch.equal(Draws(keys.cuda()).hashes("s", 1000).cpu(), Draws(keys).hashes("s", 1000))
     for name in CORRUPTIONS:
         for severity in (1, 5):
             cpu = corrupt(x, name, severity, seed=4)
             gpu = corrupt(x.cuda(), name, severity, seed=4)
             assert gpu.device.type == "cuda"
             difference = (gpu.cpu() - cpu).abs()
-            # Same random draws; float rounding may flip a rare threshold (snow flakes, frost seeds).
-            assert difference.mean() < 1e-3 and (difference > 1e-3).float().mean() < 2e-3, (name, severity)
+            # Same random draws; float rounding may flip a rare threshold (snow flakes, 8-bit steps).
+            # jpeg_compression: libjpeg on the CPU, the batched simulation on CUDA (about 0.003 apart).
+            limit = 0.006 if name == "jpeg_compression" else 1e-3
+            assert difference.mean() < limit and (difference > 1e-3).float().mean() < 2e-2, (name, severity)
+    indices = torch.tensor([3, 9])
+    assert torch.allclose(corrupt(x.cuda(), "fog", 3, seed=1, indices=indices.cuda()).cpu(),
+                          corrupt(x, "fog", 3, seed=1, indices=indices), atol=1e-4)
 
 
 # ----- grid and command --------------------------------------------------------------------------

@@ -325,3 +325,93 @@ def test_normalisation_is_folded_into_the_models(world):
     torch.testing.assert_close(feats.norm(dim=-1), torch.ones(4))
     assert torch.equal(world.zeroshot(x), world.zeroshot.classify(F.normalize(world.zeroshot.visual(
         world.zeroshot._prepare(x)), dim=-1)))
+
+
+# ------------------------------------------------------------------------------------------ a cache others share
+
+
+def test_cache_keys_do_not_change() -> None:
+    """The keys name cached (and shipped) worlds: a change would leave every cache stale."""
+    from adawise.models.embedded import EmbeddedRecipe, pretrain_key, world_key
+
+    assert world_key(EmbeddedRecipe.tiny(), "0" * 16) == "a1e407e9f13d"
+    assert pretrain_key(EmbeddedRecipe.tiny(), "0" * 16) == "89d785549881"
+    assert world_key(EmbeddedRecipe.full(), "5b22a816b4ddd488") == "3b422065c5c4"  # the demo's world on t10k
+
+
+@needs_data
+def test_cache_folders_are_readable_by_others_and_the_doc_is_hashed(world):
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for folder in (world.cache_dir, world.cache_dir.parent / f"pretrained-{world.info['pretrained_key']}"):
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~mask, folder  # not mkdtemp's private 0700
+    doc = json.loads((world.cache_dir / "recipe.json").read_text())
+    assert doc["doc_hash"] and "clean_accuracy" in doc["info"]
+
+
+def _copy(world, tmp_path):
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(world.cache_dir, target)
+    return target
+
+
+@needs_data
+def test_an_edited_info_is_noticed_and_a_legacy_doc_is_read(world, tmp_path):
+    from adawise.models.embedded import load_embedded
+
+    target = _copy(world, tmp_path)
+    doc = json.loads((target / "recipe.json").read_text())
+    doc["info"]["clean_accuracy"]["finetuned"] = 0.99  # a flattering edit
+    (target / "recipe.json").write_text(json.dumps(doc))
+    with pytest.warns(UserWarning, match="recipe.json was edited after it was written"):
+        assert load_embedded("tiny", cache_dir=target, progress=False).info["trained"] is True
+    legacy = json.loads((target / "recipe.json").read_text())
+    del legacy["doc_hash"]  # written before doc_hash existed: read as it is
+    (target / "recipe.json").write_text(json.dumps(legacy))
+    assert load_embedded("tiny", cache_dir=target, progress=False).info["trained"] is False
+
+
+@needs_data
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_a_file_or_symlink_where_the_world_folder_belongs_is_replaced(world, tmp_path, kind):
+    from adawise.models.embedded import load_embedded
+
+    target = tmp_path / "world"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not the cache's")
+    if kind == "file":
+        target.write_text("in the way")
+    else:
+        target.symlink_to(elsewhere)
+    with pytest.warns(UserWarning, match="unusable"):
+        rebuilt = load_embedded("tiny", cache_dir=target, progress=False)
+    assert rebuilt.info["trained"] and target.is_dir() and not target.is_symlink()
+    assert (elsewhere / "keep.txt").read_text() == "not the cache's"  # the link went, not what it pointed to
+    torch.testing.assert_close(rebuilt.finetuned.head.weight, world.finetuned.head.weight)
+
+
+@needs_data
+def test_a_cache_root_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch):
+    from adawise.errors import AccessError
+    from adawise.models.embedded import load_embedded
+
+    (tmp_path / "cache").write_text("a file")
+    monkeypatch.setenv("ADAWISE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(AccessError, match="cache folder .*cache.* is a file; remove it or set ADAWISE_CACHE"):
+        load_embedded("tiny", progress=False)
+
+
+@needs_data
+def test_a_streams_cache_that_is_a_file_is_skipped_with_a_warning(world, tmp_path):
+    import dataclasses as dc
+
+    blocked = tmp_path / "streams"
+    blocked.write_text("a file")
+    with pytest.warns(UserWarning, match="cannot cache the shifted domain"):
+        stream = dc.replace(world, streams_dir=blocked).stream(domains=["clean", "invert"], per_domain=16, batch_size=8)
+    assert len(stream) == 4

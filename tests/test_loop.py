@@ -255,7 +255,7 @@ def test_log_header_batches_summary_and_table(tmp_path, tiny_pair) -> None:
     assert header["config"] == {"note": "test"}
     assert header["device"] == "cpu"
     assert "torch" in header["versions"] and "python" in header["versions"]
-    assert header["models"]["model"]["pretrained"] == "random init"  # how the model was loaded
+    assert header["models"]["zeroshot"]["pretrained"] == "random init"  # how the model was loaded
     assert header["stream"]["batches"] == 4 and header["stream"]["domains"] == ["clean", "fog"]
 
     fields = {"method", "domain", "batch", "n", "correct", "accuracy", "entropy", "alpha", "forward_passes", "seconds"}
@@ -452,3 +452,104 @@ def test_static_methods_do_not_adapt() -> None:
         acc = [r["accuracy"] for r in res.records]
         assert acc[:2] == acc[2:] and all(0.0 <= a <= 1.0 for a in acc)
         assert not math.isnan(res.accuracy)
+
+
+# ----------------------------------------------------------------------------- what the loop refuses or flags
+
+
+class ListStream:
+    """A hand-made stream of given batches (what a user's own stream yields)."""
+
+    def __init__(self, batches) -> None:
+        self.batches = batches
+        self.skipped = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def describe(self) -> dict:
+        return {"type": "ListStream", "batches": len(self.batches)}
+
+
+def test_one_hot_and_float_labels_are_refused() -> None:
+    from adawise.errors import DataError, InputTypeError
+    from streams.base import Batch
+
+    labels = torch.arange(C)
+    x = 5 * F.one_hot(labels, C).float()
+    one_hot = F.one_hot(labels, C)  # batch size == class count: min/max checks alone would pass it
+    with pytest.raises(DataError, match=r"shape \[B\], got shape \(4, 4\) \(one-hot labels\? pass labels.argmax"):
+        adawise.run_stream(Spy(), ListStream([Batch(x, one_hot, "d", 0)]), progress=False)
+    with pytest.raises(InputTypeError, match="integer class indices, got dtype torch.float32"):
+        adawise.run_stream(Spy(), ListStream([Batch(x, labels.float() + 0.9, "d", 0)]), progress=False)
+    with pytest.raises(TypeError, match=r"values such as \[1.899"):
+        TensorStream(x, torch.tensor([0.0, 1.9, 2.0, 3.0]), "d", 2)
+    with pytest.raises(ValueError, match="one-hot"):
+        TensorStream(x, one_hot, "d", 2)
+    whole = TensorStream(x, labels.float(), "d", 2)  # whole numbers stored as floats are class indices
+    assert whole.labels.dtype == torch.long and whole.labels.tolist() == [0, 1, 2, 3]
+
+
+def test_rows_of_plus_inf_logits_are_undefined_not_class_0() -> None:
+    class Infinite(Method):
+        name = "inf"
+
+        def forward(self, x):
+            out = x.clone()
+            out[0] = float("inf")  # every logit +inf: no class is predicted
+            out[1, 2] = float("inf")  # one +inf: that class is the prediction
+            return out
+
+    labels = torch.tensor([0, 2, 1, 3])
+    x = 5 * F.one_hot(labels, C).float()
+    (record,) = adawise.run_stream(Infinite(), TensorStream(x, labels, "d", 4), progress=False).records
+    assert record["nonfinite_rows"] == 1 and record["correct"] == 3
+
+
+def test_images_in_0_255_are_flagged_not_refused(tiny_pair) -> None:
+    zs, ft = tiny_pair
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 32, 32), generator=gen).float()
+    with pytest.warns(UserWarning, match=r"pixel values span \[0, 255\] but CLIP models expect \[0, 1\]"):
+        result = adawise.run_stream(adawise.make_method("zeroshot", zs, ft), TensorStream(images, torch.arange(4), "d",
+                                                                                          2), progress=False)
+    assert len(result.records) == 2  # scored as given
+
+
+def test_a_log_named_txt_keeps_its_records(tmp_path) -> None:
+    log = tmp_path / "run.txt"
+    adawise.run_stream(Drift(), feature_stream(), log=log, progress=False)
+    assert [r["type"] for r in read_jsonl(log)][0] == "header" and read_run(log)["complete"]
+    assert "drift" in (tmp_path / "run.table.txt").read_text()
+
+
+def test_a_stream_without_any_readable_batch_is_an_error(tmp_path) -> None:
+    from adawise.errors import DataError
+    from streams.imagenet_r import IMAGENET_R_WNIDS, imagenet_r_stream
+
+    for wnid in IMAGENET_R_WNIDS[:2]:
+        (tmp_path / wnid).mkdir()
+        (tmp_path / wnid / "art_1.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    stream = imagenet_r_stream(tmp_path, image_size=32, num_workers=0)
+    with pytest.raises(DataError, match=r"no batch could be scored: all 2 inputs of the stream were unreadable "
+                                        r"\(first: .*art_1.jpg"):
+        adawise.run_stream(Spy(), stream, progress=False)
+    with pytest.raises(DataError, match="yielded no batch"):
+        adawise.run_stream(Spy(), ListStream([]), progress=False)
+
+
+def test_what_is_not_a_method_or_a_stream_is_named() -> None:
+    from adawise.errors import InputTypeError
+    from streams.base import Batch
+
+    with pytest.raises(InputTypeError, match="method must be an adawise Method"):
+        adawise.run_stream("zeroshot", feature_stream(), progress=False)
+    with pytest.raises(InputTypeError, match="stream must be an iterable of streams.Batch"):
+        adawise.run_stream(Spy(), "images/", progress=False)
+    x, y = torch.rand(2, C), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(InputTypeError, match="yielded a tuple, not a streams.Batch"):
+        adawise.run_stream(Spy(), [(x, y)], progress=False)
+    assert adawise.run_stream(Spy(), [Batch(x, y, "d", 0)], progress=False).records[0]["n"] == 2  # a plain list

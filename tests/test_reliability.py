@@ -256,3 +256,107 @@ def test_cli_reports_a_checkpoint_for_another_head(world, tmp_path, capsys) -> N
     assert rc == 2
     err = capsys.readouterr().err
     assert "head has 5 classes but the zero-shot head was built from 1000 class names" in err
+
+
+# ----------------------------------------------------------------------------- hostile image folders
+
+UNPRIVILEGED = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]  # root without its capabilities:
+# file permissions apply to it as to anyone (chmod alone does not stop root)
+
+
+def _small_folder(root, renditions=("art",)):
+    return make_imagenet_r_folder(root, renditions=list(renditions), per_class=1, size=(40, 48), extras=False)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_extreme_aspect_ratio_and_pixel_count_are_skipped_from_the_header(tmp_path, monkeypatch, workers) -> None:
+    from streams import imagenet_r
+
+    root = _small_folder(tmp_path / "r")
+    Image.new("RGB", (10000, 1)).save(root / IMAGENET_R_WNIDS[0] / "art_9000.png")  # 111 bytes, 1x10000
+    opened = []
+    real_load = Image.Image.load
+
+    def load(self):
+        opened.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(Image.Image, "load", load)
+    stream = imagenet_r_stream(root, batch_size=64, image_size=S, num_workers=workers)
+    n = sum(len(b.labels) for b in stream)
+    reasons = {os.path.basename(p): r for p, r in stream.skipped}
+    assert n == 200 and list(reasons) == ["art_9000.png"] and "extreme aspect ratio 10000x1" in reasons["art_9000.png"]
+    if workers == 0:
+        assert (10000, 1) not in opened  # refused from the header, never decoded
+    monkeypatch.setattr(imagenet_r, "MAX_PIXELS", 40 * 48 - 1)  # now every 40x48 file is "too many pixels"
+    with pytest.raises(adawise.DataError, match="all 201 inputs of the stream were unreadable"):
+        adawise.run_stream(adawise.make_method("zeroshot", *_tiny_pair(IMAGENET_R_CLASSNAMES)),
+                           imagenet_r_stream(root, image_size=S, num_workers=0), progress=False)
+
+
+def test_symlink_loops_in_an_image_folder_are_skipped_and_reported(tmp_path) -> None:
+    root = _small_folder(tmp_path / "r")
+    first = root / IMAGENET_R_WNIDS[0]
+    (first / "art_loop.jpg").symlink_to(first / "art_loop.jpg")  # a file entry that loops
+    (root / "n99999999").symlink_to(root / "n99999999")  # a folder entry that loops
+    stream = imagenet_r_stream(root, batch_size=64, image_size=S, num_workers=0)
+    assert sum(len(b.labels) for b in stream) == 200
+    skipped = {os.path.basename(p): r for p, r in stream.skipped}
+    assert set(skipped) == {"art_loop.jpg", "n99999999"} and all("Too many levels" in r for r in skipped.values())
+    assert len(stream.describe()["unlisted"]) == 2
+
+
+UNREADABLE = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from streams.imagenet_r import imagenet_r_stream
+stream = imagenet_r_stream({root!r}, batch_size=64, image_size=32, num_workers=0)
+n = sum(len(b.labels) for b in stream)
+print(json.dumps({{"n": n, "skipped": stream.skipped}}))
+"""
+
+
+def test_an_unreadable_class_folder_is_skipped_not_a_crash(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    root = _small_folder(tmp_path / "r")
+    locked = root / IMAGENET_R_WNIDS[3]
+    locked.chmod(0)
+    try:
+        code = UNREADABLE.format(tests=os.path.dirname(__file__), root=str(root))
+        proc = subprocess.run([*UNPRIVILEGED, sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    finally:
+        locked.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["n"] == 199 and [os.path.basename(p) for p, _ in out["skipped"]] == [IMAGENET_R_WNIDS[3]]
+    assert "unreadable folder (PermissionError" in out["skipped"][0][1]
+
+
+def test_resume_refuses_a_folder_whose_unreadable_files_became_readable(tmp_path, monkeypatch) -> None:
+    from streams import imagenet_r
+
+    root = _small_folder(tmp_path / "r")
+    zs, ft = _tiny_pair(IMAGENET_R_CLASSNAMES)
+    hidden = {str(root / IMAGENET_R_WNIDS[i] / f"art_{i}.jpg") for i in (1, 2)}  # in the first batch
+    real = imagenet_r.ImageNetRFolder.load
+
+    def flaky(self, index):  # unreadable at first (as if a permission were missing), same bytes and size
+        if self.samples[index][0] in hidden:
+            raise PermissionError(13, "Permission denied")
+        return real(self, index)
+
+    monkeypatch.setattr(imagenet_r.ImageNetRFolder, "load", flaky)
+    log = tmp_path / "zs.jsonl"
+    adawise.run_stream(adawise.make_method("zeroshot", zs, ft), imagenet_r_stream(root, batch_size=64, image_size=S,
+                                                                               num_workers=0), log=log, progress=False)
+    lines = log.read_text().splitlines(keepends=True)
+    assert read_run(log)["batches"][0]["skipped_inputs"] == 2 and read_run(log)["batches"][0]["n"] == 62
+    log.write_text("".join(lines[:3]))  # killed after two batches
+    monkeypatch.undo()  # the files are readable now: the first batches would differ from the logged ones
+    with pytest.raises(adawise.ResumeError, match=r"batch 0 \(domain 'art', 64 images.*not the batch logged as batch 0 "
+                                                  r"\(domain 'art', 62 images"):
+        adawise.run_stream(adawise.make_method("zeroshot", zs, ft), imagenet_r_stream(root, batch_size=64,
+                           image_size=S, num_workers=0), log=log, resume=True, progress=False)

@@ -154,7 +154,7 @@ def _cli(world, out, *extra) -> int:
                      "--head-cache-dir", str(world["base"] / "heads"), "--no-progress", *extra])
 
 
-def test_cli_resume_skips_complete_logs_and_continues_an_interrupted_one(world) -> None:
+def test_cli_resume_skips_complete_logs_and_continues_an_interrupted_one(world, capsys) -> None:
     full, cut = world["base"] / "full", world["base"] / "cut"
     assert _cli(world, full) == 0
     shutil.copytree(full, cut)
@@ -176,8 +176,9 @@ def test_cli_resume_skips_complete_logs_and_continues_an_interrupted_one(world) 
     # --resume with other options refuses to mix two configurations in one log
     lines = (cut / "adawise.jsonl").read_text().splitlines(keepends=True)
     (cut / "adawise.jsonl").write_text("".join(lines[:3]))
-    with pytest.raises(ValueError, match="another configuration"):
-        _cli(world, cut, "--resume", "--seed", "1")
+    capsys.readouterr()
+    assert _cli(world, cut, "--resume", "--seed", "1") == 2
+    assert "another configuration" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -202,3 +203,31 @@ def test_same_spec_and_seed_give_identical_records(tmp_path, name) -> None:
     assert len(a) == 1 + 9 + 1 and a == b  # header (config hash included), batches and summary
     if name == "adawise":  # the BO ran (searches and probes), and its evaluated alphas and objectives match
         assert {"search", "probe"} <= {r["mode"] for r in a if r["type"] == "batch"}
+
+
+def test_cli_resume_refuses_a_checkpoint_replaced_at_the_same_path(world, capsys) -> None:
+    """The header hashes the weights, not the file name: another checkpoint under the same path is refused."""
+    from streams.imagenet_r import IMAGENET_CLASSNAMES
+
+    _, ft = adawise.load_pair(copy.deepcopy(TINY_CLIP_CFG), list(IMAGENET_CLASSNAMES), templates="simple")
+    path = world["base"] / "ft.safetensors"
+    adawise.save_state_dict(ft.state_dict(), path)
+    out = world["base"] / "replaced"
+    argv = ["--finetuned", str(path), "--methods", "wiseft"]
+
+    def cli(*extra):
+        args = ["run", "--data", str(world["data"]), "--arch", str(world["arch"]), "--pretrained", "none",
+                "--templates", "simple", "--batch-size", "32", "--device", "cpu", "--out", str(out), "--workers", "0",
+                "--head-cache-dir", str(world["base"] / "heads"), "--no-progress", *argv, *extra]
+        return cli_main(args)
+
+    assert cli() == 0
+    log = out / "wiseft.jsonl"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:3]))  # killed after two batches
+    with torch.no_grad():
+        ft.head.bias.add_(0.5)
+    adawise.save_state_dict(ft.state_dict(), path)  # other weights, same file name
+    capsys.readouterr()
+    assert cli("--resume") == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "weights" in err and "finetuned" in err

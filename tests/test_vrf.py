@@ -312,7 +312,7 @@ def test_cli_embedded(tmp_path, monkeypatch, capsys) -> None:
         holdout_images=hold,
         holdout_labels=hold_labels,
     )
-    monkeypatch.setitem(vars(adawise), "load_embedded", lambda: world)  # no lazy import
+    monkeypatch.setitem(vars(adawise), "load_embedded", lambda **kw: world)  # no lazy import
     out = tmp_path / "zsf.safetensors"
     assert (
         vrf_cli.main(
@@ -326,9 +326,10 @@ def test_cli_embedded(tmp_path, monkeypatch, capsys) -> None:
 
 def test_cli_errors(tmp_path, capsys) -> None:
     from adawise import vrf_cli
+    from adawise.errors import MissingFileError, UsageError
 
-    assert vrf_cli.main(_cli_args("--out", str(tmp_path / "x.safetensors"), "--arch", "ViT-B-16")) == 2
-    assert "missing: --pretrained --finetuned --source-data" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="missing: --pretrained --finetuned --source-data"):
+        vrf_cli.main(_cli_args("--out", str(tmp_path / "x.safetensors"), "--arch", "ViT-B-16"))
     args = _cli_args(
         "--out",
         "x",
@@ -341,8 +342,8 @@ def test_cli_errors(tmp_path, capsys) -> None:
         "--source-data",
         str(tmp_path),
     )
-    assert vrf_cli.main(args) == 2
-    assert "nope.bin" in capsys.readouterr().err
+    with pytest.raises(MissingFileError, match="nope.bin"):
+        vrf_cli.main(args)
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         vrf_cli.FolderStream(tmp_path / "none", 32)
     (tmp_path / "data" / "notawnid").mkdir(parents=True)

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from adawise.methods.adawise import AlphaEvaluator, WeightSpaceMethod
-from adawise.methods.base import Method
+from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
-from adawise.methods.static import mix_probabilities
+from adawise.methods.static import check_same_classes, mix_probabilities
 from adawise.objectives import NEEDS_ANCHOR, OBJECTIVES, entropy, finite_objective
 
 __all__ = ["GridSearch", "Oracle", "DaWin", "BatchSweep", "StreamSweep", "sweep_batch", "sweep_stream",
@@ -41,7 +41,7 @@ def alpha_grid(grid: int | Sequence[float]) -> list[float]:
             raise ValueError(f"an alpha grid needs at least 2 points, got {grid}")
         return [round(i / (grid - 1), 6) for i in range(grid)]
     alphas = sorted({round(float(a), 6) for a in grid})
-    if not alphas or alphas[0] < 0.0 or alphas[-1] > 1.0:
+    if not alphas or not all(math.isfinite(a) for a in alphas) or alphas[0] < 0.0 or alphas[-1] > 1.0:
         raise ValueError(f"alphas must lie in [0, 1], got {list(grid)}")
     return alphas
 
@@ -323,14 +323,18 @@ class DaWin(Method):
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module) -> None:
         super().__init__()
-        self._models = (zeroshot, finetuned)  # a tuple: not submodules, so .to()/.train() leave them
+        check_same_classes(zeroshot, finetuned, "dawin")
+        self._keep(zeroshot=zeroshot, finetuned=finetuned)  # not submodules, so .to()/.train() leave them
         self._info: dict[str, Any] = {"forward_passes": 0.0}
 
     @torch.no_grad()
     def forward(self, images: Any) -> Tensor:
         t0 = time.perf_counter()
-        zs, ft = self._models
-        lz, lf = zs(images), ft(images)
+        zs, ft = self.endpoints()["zeroshot"], self.endpoints()["finetuned"]
+        with evaluating(zs, ft):  # the given models' modes and batch-norm buffers stay as they are
+            lz, lf = zs(images), ft(images)
+        if lz.shape != lf.shape:
+            return mix_probabilities(lz, lf, 0.5)  # refuses, naming both shapes
         lam = torch.sigmoid(entropy(lz) - entropy(lf))
         lam = torch.nan_to_num(lam, nan=0.5)
         self._info = {"forward_passes": 2.0, "lambda_mean": float(lam.mean()) if lam.numel() else math.nan,

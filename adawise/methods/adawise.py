@@ -50,7 +50,7 @@ from adawise.bayesopt import BayesOpt1D
 from adawise.methods.base import Method
 from adawise.methods.registry import register
 from adawise.objectives import NEEDS_ANCHOR, NEEDS_WINDOW, OBJECTIVES, ProportionWindow, entropy, finite_objective
-from adawise.weights import WeightSpace
+from adawise.weights import WeightSpace, check_dtypes
 
 __all__ = ["AdaWiSE", "AlphaEvaluator", "WeightSpaceMethod", "PRESETS", "SearchState"]
 
@@ -102,6 +102,7 @@ class AlphaEvaluator:
         self.share_masters = bool(share_masters)
         self.cuda_graphs_option = cuda_graphs
         self.max_graphs = max(1, int(max_graphs))
+        self._forward_checked = False  # the first batch checks that θ(0) computes what the zero-shot model does
         first = next(iter(finetuned.parameters()), None)
         self._build(torch.device(device) if device is not None else (first.device if first is not None
                                                                       else torch.device("cpu")), None)
@@ -111,6 +112,8 @@ class AlphaEvaluator:
         if device.type == "cuda" and device.index is None:  # "cuda" -> "cuda:N", as tensors report it
             device = torch.device("cuda", torch.cuda.current_device())
         zeroshot, finetuned = self._endpoints
+        check_dtypes(zeroshot.state_dict(), finetuned.state_dict(),
+                     names=("the zero-shot model", "the fine-tuned model"))
         live = copy.deepcopy(finetuned).eval().requires_grad_(False)
         live.to(device=device, dtype=dtype) if dtype is not None else live.to(device=device)
         self.model = live
@@ -141,10 +144,61 @@ class AlphaEvaluator:
             torch.cuda.synchronize(self.device)
 
     def prepare_input(self, images: Any) -> Any:
-        """Move a tensor batch to the live model's device (other inputs pass through)."""
+        """Move a tensor batch to the live model's device (other inputs pass through); float images of
+        another dtype than a low-precision live model's (fp32 images, bf16 engine) are cast to it, unless
+        the model casts its inputs itself (``casts_inputs``) or autocast runs the passes."""
         if torch.is_tensor(images) and images.device != self.device:
-            return images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True)
+        if (torch.is_tensor(images) and images.is_floating_point() and images.dtype != self.dtype
+                and self.amp_dtype is None and not getattr(self.model, "casts_inputs", False)):
+            images = images.to(self.dtype)
         return images
+
+    def check_forward(self, images: Any) -> None:
+        """Refuse endpoints with the same keys but another forward (e.g. average vs max pooling): at α = 0
+        the live model (the fine-tuned model's code with the zero-shot weights) must reproduce the zero-shot
+        model's logits on a few rows of the first batch. Counters and the merged α are left as they were."""
+        from adawise.errors import ModelMismatchError
+        from adawise.methods.base import evaluating
+
+        if self._forward_checked or not torch.is_tensor(images) or len(images) == 0:
+            return
+        self._forward_checked = True
+        zeroshot = self._endpoints[0]
+        rows = images[:4]
+        first = next(iter(zeroshot.parameters()), None)
+        counters, alpha = (self.passes, self.merges, self.seconds_forward, self.seconds_merge), self.space.alpha
+        given = rows
+        if first is not None:  # the zero-shot model where it lives, in its dtype (the engine may run elsewhere)
+            given = rows.to(first.device, dtype=first.dtype if rows.is_floating_point() else rows.dtype)
+        with torch.no_grad(), evaluating(zeroshot):
+            if self.amp_dtype is not None and first is not None:  # the same autocast as the engine's passes
+                with torch.autocast(first.device.type, dtype=self.amp_dtype):
+                    ref = zeroshot(given)
+            else:
+                ref = zeroshot(given)
+            self.space.set_alpha(0.0)
+            got = self._forward(rows)
+        self.passes, self.merges, self.seconds_forward, self.seconds_merge = counters
+        self.space.alpha = alpha  # the live weights are θ(0) now; the next pass merges its α again
+        if not (torch.is_tensor(ref) and torch.is_tensor(got)):
+            return
+        exact = first is not None and first.dtype == self.dtype == torch.float32 and first.device == self.device
+        tol = 1e-3 if exact and self.amp_dtype is None else 5e-2
+        ok = ref.shape == got.shape
+        if ok:
+            ref, got = ref.float().cpu(), got.float().cpu()
+            both = torch.isfinite(ref) & torch.isfinite(got)
+            err = float((got - ref)[both].norm() / (ref[both].norm() + 1e-6)) if bool(both.any()) else 0.0
+            ok = err <= tol
+        if not ok:
+            shape = (f"shape {tuple(got.shape)} vs {tuple(ref.shape)}" if got.shape != ref.shape
+                     else f"relative error {err:.3g}")
+            raise ModelMismatchError(
+                "the zero-shot and fine-tuned models have the same weights layout but do not compute alike: at "
+                "alpha = 0 the fine-tuned model's forward with the zero-shot weights differs from the zero-shot model "
+                f"({shape} on the first batch); both endpoints must be the same architecture and configuration (e.g. "
+                "the same pooling)")
 
     def _forward(self, images: Any, cache: bool = True) -> Tensor:
         if self.amp_dtype is None:
@@ -205,6 +259,8 @@ class AlphaEvaluator:
     @torch.no_grad()
     def logits(self, alpha: float, images: Any, fraction: float = 1.0) -> Tensor:
         """Forward ``images`` through θ(α); counts ``fraction`` of a pass (sub-batches count less)."""
+        if not self._forward_checked:
+            self.check_forward(images)
         if self.space.alpha != alpha:
             t = time.perf_counter()
             self.space.set_alpha(alpha)
@@ -245,6 +301,7 @@ class WeightSpaceMethod(Method):
         super().__init__()
         self.evaluator = AlphaEvaluator(zeroshot, finetuned, device=device, amp_dtype=amp_dtype,
                                         share_masters=share_masters, cuda_graphs=cuda_graphs)
+        self._keep(zeroshot=zeroshot, finetuned=finetuned)  # read only; the log header hashes their weights
         # an empty buffer on the live model's device, so callers (run_stream) can see where it runs
         self.register_buffer("_device_tag", torch.empty(0, device=self.evaluator.device), persistent=False)
 

@@ -8,17 +8,40 @@ Online protocol (the loop in :mod:`adawise.loop` is the only place that drives i
 3. ``reset()`` restores the exact initial state (called by the ``reset_each_shift`` setting at
    domain boundaries, and by users).
 
-A method never changes the models it is given. ``alpha`` is the mixing coefficient in force
-(``None`` where the method has none) and ``info`` the per-batch record that goes into the log.
+A method never changes the models it is given, whatever mode they are in: they are not its submodules
+(``method.eval()``, ``.to()``, ``.train()`` leave them alone), they run under :func:`evaluating` (eval mode
+for the call, every submodule's own mode restored after it, so batch norm neither uses batch statistics
+nor updates its buffers) and their weights are only read. :meth:`Method.endpoints` names them; the log
+header hashes their weights. ``alpha`` is the mixing coefficient in force (``None`` where the method has
+none) and ``info`` the per-batch record that goes into the log.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["Method"]
+__all__ = ["Method", "EndpointPair", "evaluating"]
+
+
+@contextlib.contextmanager
+def evaluating(*models: nn.Module) -> Iterator[None]:
+    """Run ``models`` in eval mode inside the block, then give every submodule back its own mode.
+
+    Only the ``training`` flags of submodules that were training are switched (and switched back), so a
+    model a user left in train mode is in train mode again afterwards, and batch norm inside the block
+    uses its running statistics without updating them (its buffers are unchanged)."""
+    switched = [m for model in models for m in model.modules() if m.training]
+    for m in switched:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.training = True
 
 
 class Method(nn.Module):
@@ -59,3 +82,26 @@ class Method(nn.Module):
     def options(self) -> dict[str, Any]:
         """Constructor options, written into the log header."""
         return {}
+
+    def endpoints(self) -> dict[str, nn.Module]:
+        """The models this method was given, by role (``zeroshot``, ``finetuned``): read only, never
+        changed; the log header identifies a run by their weights."""
+        return dict(self.__dict__.get("_given", {}))
+
+    def _keep(self, **models: nn.Module | None) -> None:
+        """Remember the given models by role, outside the module tree (not submodules)."""
+        self.__dict__["_given"] = {role: m for role, m in models.items() if m is not None}
+
+
+class EndpointPair:
+    """Mixin for methods given both endpoints: ``zeroshot`` / ``finetuned`` read from :meth:`Method.endpoints`."""
+
+    @property
+    def zeroshot(self) -> nn.Module:
+        """The zero-shot model given to the method."""
+        return self.endpoints()["zeroshot"]  # type: ignore[attr-defined]
+
+    @property
+    def finetuned(self) -> nn.Module:
+        """The fine-tuned model given to the method."""
+        return self.endpoints()["finetuned"]  # type: ignore[attr-defined]

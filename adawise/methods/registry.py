@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from adawise.errors import UnknownNameError
 from adawise.methods.base import Method
 
 __all__ = ["register", "make_method", "registered_methods"]
@@ -62,7 +63,7 @@ def make_method(name: str, zeroshot: nn.Module, finetuned: nn.Module, **options:
     """
     _load_builtins()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}")
+        raise UnknownNameError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}")
     method = _REGISTRY[name](zeroshot=zeroshot, finetuned=finetuned, **options)
     method.name = name
     return method

@@ -12,22 +12,32 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adawise.methods.base import Method
+from adawise.errors import ModelMismatchError, UsageError
+from adawise.methods.base import EndpointPair, Method, evaluating
 from adawise.methods.registry import register
-from adawise.weights import interpolate
+from adawise.weights import check_compatible, check_dtypes, interpolate
 
-__all__ = ["ZeroShot", "FineTuned", "WiSEFT", "OutputEnsemble"]
+__all__ = ["ZeroShot", "FineTuned", "WiSEFT", "OutputEnsemble", "mix_probabilities", "check_same_classes"]
 
 
 class _Single(Method):
-    """Plain inference with one wrapped model."""
+    """Plain inference with one model: a given one (kept outside the module tree, run under
+    :func:`evaluating`), or a private one (``own=True``: a submodule, e.g. WiSE-FT's merged copy)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, own: bool = False) -> None:
         super().__init__()
-        self.model = model
+        if own:
+            self.merged = model
+        self.__dict__["_model"] = model
+
+    @property
+    def model(self) -> nn.Module:
+        """The model this method runs."""
+        return self.__dict__["_model"]
 
     def forward(self, images: Any) -> Tensor:
-        return self.model(images)
+        with evaluating(self.model):
+            return self.model(images)
 
 
 @register("zeroshot")
@@ -36,6 +46,7 @@ class ZeroShot(_Single):
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module | None = None) -> None:
         super().__init__(zeroshot)
+        self._keep(zeroshot=zeroshot)
 
     @property
     def alpha(self) -> float:
@@ -48,6 +59,7 @@ class FineTuned(_Single):
 
     def __init__(self, finetuned: nn.Module, zeroshot: nn.Module | None = None) -> None:
         super().__init__(finetuned)
+        self._keep(finetuned=finetuned)
 
     @property
     def alpha(self) -> float:
@@ -59,14 +71,25 @@ class WiSEFT(_Single):
     """Weight-space ensemble at a fixed α: one merged copy, built once."""
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, alpha: float = 0.5) -> None:
+        try:
+            ok = 0.0 <= float(alpha) <= 1.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UsageError(f"wiseft: alpha must be a number in [0, 1] (0: the zero-shot model, 1: the fine-tuned "
+                             f"one), got {alpha!r}")
+        sd0, sd1 = zeroshot.state_dict(), finetuned.state_dict()
+        check_compatible(sd0, sd1, names=("the zero-shot model", "the fine-tuned model"))
+        check_dtypes(sd0, sd1, names=("the zero-shot model", "the fine-tuned model"))
         merged = copy.deepcopy(finetuned)
-        merged.load_state_dict(interpolate(zeroshot.state_dict(), finetuned.state_dict(), alpha))
+        merged.load_state_dict(interpolate(sd0, sd1, alpha))
         merged.provenance = {  # read by the log header instead of the fine-tuned model's own
             "merge": f"WiSE-FT weights (1 - {float(alpha)}) * zeroshot + {float(alpha)} * finetuned",
             "zeroshot": getattr(zeroshot, "provenance", None),
             "finetuned": getattr(finetuned, "provenance", None),
         }
-        super().__init__(merged)
+        super().__init__(merged.eval(), own=True)
+        self._keep(zeroshot=zeroshot, finetuned=finetuned)
         self._alpha = float(alpha)
 
     @property
@@ -77,8 +100,20 @@ class WiSEFT(_Single):
         return {"alpha": self._alpha}
 
 
+def check_same_classes(zeroshot: nn.Module, finetuned: nn.Module, method: str) -> None:
+    """Refuse endpoints whose declared class counts (``num_classes``) differ, before any batch."""
+    counts = (getattr(zeroshot, "num_classes", None), getattr(finetuned, "num_classes", None))
+    if None not in counts and counts[0] != counts[1]:
+        raise ModelMismatchError(f"{method}: the zero-shot model predicts {counts[0]} classes but the fine-tuned model "
+                                 f"{counts[1]}; both endpoints must share one label space")
+
+
 def mix_probabilities(logits_zs: Tensor, logits_ft: Tensor, w: Tensor | float) -> Tensor:
     """log(w·softmax(z_ft) + (1 − w)·softmax(z_zs)); ``w`` a scalar or a per-sample [B] tensor."""
+    if logits_zs.shape != logits_ft.shape:
+        raise ModelMismatchError(f"the zero-shot model returned logits of shape {tuple(logits_zs.shape)} but the "
+                                 f"fine-tuned model {tuple(logits_ft.shape)}; both endpoints must predict the same "
+                                 "classes for the same batch")
     w_t = torch.as_tensor(w, dtype=torch.float32, device=logits_ft.device)
     if w_t.ndim == 1:
         w_t = w_t[:, None]
@@ -87,17 +122,24 @@ def mix_probabilities(logits_zs: Tensor, logits_ft: Tensor, w: Tensor | float) -
 
 
 @register("ose")
-class OutputEnsemble(Method):
+class OutputEnsemble(EndpointPair, Method):
     """Output-space ensemble: p = w·softmax(z_ft) + (1 − w)·softmax(z_zs); returns log p."""
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, w: float = 0.5) -> None:
         super().__init__()
-        if not 0.0 <= float(w) <= 1.0:
-            raise ValueError(f"ose: w must be in [0, 1], got {w}")
-        self.zeroshot, self.finetuned, self.w = zeroshot, finetuned, float(w)
+        try:
+            ok = 0.0 <= float(w) <= 1.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UsageError(f"ose: w must be in [0, 1] (the fine-tuned model's weight), got {w!r}")
+        check_same_classes(zeroshot, finetuned, "ose")
+        self._keep(zeroshot=zeroshot, finetuned=finetuned)
+        self.w = float(w)
 
     def forward(self, images: Any) -> Tensor:
-        return mix_probabilities(self.zeroshot(images), self.finetuned(images), self.w)
+        with evaluating(self.zeroshot, self.finetuned):
+            return mix_probabilities(self.zeroshot(images), self.finetuned(images), self.w)
 
     @property
     def info(self) -> dict[str, Any]:

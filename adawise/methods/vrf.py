@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adawise.methods.base import Method
+from adawise.errors import ModelMismatchError, UsageError
+from adawise.methods.base import EndpointPair, Method, evaluating
 from adawise.methods.registry import register
-from adawise.methods.static import mix_probabilities
+from adawise.methods.static import check_same_classes, mix_probabilities
 from adawise.zsf import ZSFIndex, check_encodes, vrf_weight
 
 __all__ = ["VRF", "check_index_models"]
@@ -40,7 +41,7 @@ def check_index_models(index: ZSFIndex, zeroshot: nn.Module, finetuned: nn.Modul
     if got != hashes:
         where = index.path or "the given in-memory index"
         wrong = [role for role, g, h in zip(("zero-shot", "fine-tuned"), got, hashes, strict=True) if g != h]
-        raise ValueError(
+        raise ModelMismatchError(
             f"ZSF index {where} was built for zero-shot weights {hashes[0]} and fine-tuned weights "
             f"{hashes[1]}, but the given models hash to {got[0]} and {got[1]} ({' and '.join(wrong)} differ). "
             "Rebuild the index for these models (adawise.build_zsf_index or `adawise vrf-index`), or pass the "
@@ -49,7 +50,7 @@ def check_index_models(index: ZSFIndex, zeroshot: nn.Module, finetuned: nn.Modul
 
 
 @register("vrf")
-class VRF(Method):
+class VRF(EndpointPair, Method):
     """Variance-reduction fine-tuning's sample-wise output ensemble; returns log-probabilities.
 
     Args:
@@ -65,32 +66,35 @@ class VRF(Method):
                  T_ft: float | None = None, check_hash: bool = True) -> None:
         super().__init__()
         if index is None:
-            raise ValueError(
+            raise UsageError(
                 "vrf needs index=: a ZSFIndex or the path of one. Build it from the fine-tuning data with "
                 "adawise.build_zsf_index(zeroshot, finetuned, source_stream).save('zsf.safetensors') or "
                 "`adawise vrf-index --out zsf.safetensors`"
             )
         check_encodes(zeroshot, "zero-shot")
         check_encodes(finetuned, "fine-tuned")
+        check_same_classes(zeroshot, finetuned, "vrf")
         if not isinstance(index, ZSFIndex):
             index = ZSFIndex.load(index)
         if check_hash:
             check_index_models(index, zeroshot, finetuned)
-        self.zeroshot, self.finetuned, self.index = zeroshot, finetuned, index
+        self._keep(zeroshot=zeroshot, finetuned=finetuned)  # read only: not submodules
+        self.index = index
         self.a = index.a if a is None else float(a)
         self.b = index.b if b is None else float(b)
         self.T_zs = index.T_zs if T_zs is None else float(T_zs)
         self.T_ft = index.T_ft if T_ft is None else float(T_ft)
         if self.b <= 0 or self.T_zs <= 0 or self.T_ft <= 0:
-            raise ValueError(f"vrf: b, T_zs and T_ft must be > 0, got b={self.b}, T_zs={self.T_zs}, T_ft={self.T_ft}")
+            raise UsageError(f"vrf: b, T_zs and T_ft must be > 0, got b={self.b}, T_zs={self.T_zs}, T_ft={self.T_ft}")
         self.check_hash = bool(check_hash)
         self._info: dict[str, Any] = {"forward_passes": 2.0}
         self.last_omega: Tensor | None = None
 
     def forward(self, images: Any) -> Tensor:
-        feats = self.finetuned.encode(images)
-        z_ft = self.finetuned.classify(feats)
-        z_zs = self.zeroshot(images)
+        with evaluating(self.zeroshot, self.finetuned):
+            feats = self.finetuned.encode(images)
+            z_ft = self.finetuned.classify(feats)
+            z_zs = self.zeroshot(images)
         query = F.normalize(feats.detach().float(), dim=-1)
         if query.is_cuda:
             torch.cuda.synchronize(query.device)

@@ -9,11 +9,14 @@ boolean class mask projects the logits (e.g. 1000 ImageNet classes -> 200 ImageN
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import os
+import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adawise.models.checkpoints import import_state_dict, load_checkpoint, save_state_dict, weights_hash
-from adawise.weights import StateDictMismatchError, check_compatible
+from adawise.errors import CheckpointError, MissingFileError, StateDictMismatchError, UsageError
+from adawise.models.checkpoints import (
+    check_weights,
+    default_mode,
+    import_state_dict,
+    load_checkpoint,
+    save_state_dict,
+    weights_hash,
+)
+from adawise.weights import check_compatible
 
 __all__ = [
     "CLIPClassifier",
@@ -55,6 +66,9 @@ class CLIPClassifier(nn.Module):
     ``classify(features)`` applies the head and the optional class mask. The state dict holds only
     weights (``visual.*``, ``head.*``); mean, std and mask are non-persistent configuration.
     """
+
+    #: normalises float images of any dtype in fp32, then casts them to its weights' dtype
+    casts_inputs = True
 
     def __init__(self, visual: nn.Module, head_weight: Tensor, image_size: int,
                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
@@ -111,8 +125,11 @@ class CLIPClassifier(nn.Module):
         return ((images - self.mean) / self.std).to(dtype)
 
     def encode(self, images: Tensor) -> Tensor:
-        """L2-normalised image features [B, D] of a batch in [0, 1]."""
-        return F.normalize(self.visual(self._prepare(images)), dim=-1)
+        """L2-normalised image features [B, D] of a batch in [0, 1] (an empty batch gives [0, D])."""
+        x = self._prepare(images)
+        if x.shape[0] == 0:  # the towers cannot run on no rows; there is nothing to compute
+            return x.new_zeros((0, self.head.in_features))
+        return F.normalize(self.visual(x), dim=-1)
 
     def classify(self, features: Tensor) -> Tensor:
         """Head (and class-mask projection) applied to normalised features."""
@@ -135,13 +152,19 @@ def resolve_templates(templates: str | Sequence[Template]) -> list[Template]:
             return list(SIMPLE_TEMPLATES)
         path = Path(templates)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"templates: {templates!r} is neither 'openai', 'simple' nor an existing file ({path.resolve()})"
+            raise MissingFileError(
+                f"templates: {templates!r} is neither 'openai', 'simple' nor an existing file ({path.resolve()}); "
+                "pass a text file with one template per line, {} standing for the class name"
             )
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (UnicodeDecodeError, OSError) as err:
+            raise UsageError(f"templates file {path} cannot be read as text ({err}); pass a UTF-8 text file with "
+                             "one template per line, {} standing for the class name") from None
         bad = [ln for ln in lines if "{}" not in ln]
         if not lines or bad:
-            raise ValueError(f"{path}: every template line needs '{{}}' for the class name; bad lines: {bad[:3]}")
+            raise UsageError(f"templates file {path}: every line needs '{{}}' where the class name goes (e.g. "
+                             f"'a photo of a {{}}.'); bad lines: {bad[:3] if bad else 'the file is empty'}")
         return lines
     return list(templates)
 
@@ -179,9 +202,9 @@ def zeroshot_head(clip_model: nn.Module, tokenizer: Callable[[list[str]], Tensor
     """The CLIP zero-shot head W [C, D]: mean of normalised template embeddings, normalised,
     times ``logit_scale.exp()``. Prompts are encoded in chunks of ``chunk`` across classes."""
     if not class_names:
-        raise ValueError("zeroshot_head: class_names is empty")
+        raise UsageError("zeroshot_head: class_names is empty; pass one name per class")
     if not templates:
-        raise ValueError("zeroshot_head: templates is empty")
+        raise UsageError("zeroshot_head: templates is empty; pass at least one template such as 'a photo of a {}.'")
     device = device or next(clip_model.parameters()).device
     prompts = [_fill(t, name) for name in class_names for t in templates]
     embeddings = []
@@ -206,7 +229,7 @@ def create_clip(arch: str | dict[str, Any], pretrained: str | os.PathLike | None
     import open_clip
 
     if pretrained is not None and not Path(pretrained).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"pretrained weights not found: {pretrained!r} (looked for a local file at {Path(pretrained).resolve()}). "
             "Nothing is downloaded here: pass the path of a local open_clip checkpoint for this architecture "
             "(e.g. the ViT-B-16 'openai' .bin/.safetensors file), or 'none' for random weights, or run "
@@ -214,17 +237,67 @@ def create_clip(arch: str | dict[str, Any], pretrained: str | os.PathLike | None
         )
     if isinstance(arch, dict):
         cfg = dict(arch)
-        model = open_clip.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"],
-                               quick_gelu=cfg.get("quick_gelu", False))
+        try:
+            model = open_clip.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"],
+                                   quick_gelu=cfg.get("quick_gelu", False))
+        except (KeyError, TypeError, ValueError, AssertionError, ZeroDivisionError, RuntimeError) as err:
+            raise UsageError(f"the custom open_clip config cannot build a CLIP ({type(err).__name__}: {err}); it needs "
+                             "embed_dim, vision_cfg and text_cfg with open_clip's field names and positive sizes "
+                             "(see open_clip's model_configs/*.json)") from None
         if pretrained is not None:
-            model.load_state_dict(load_checkpoint(pretrained))
+            _load_pretrained(model, pretrained, "the custom config")
         tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=cfg["text_cfg"].get("context_length", 77))
     else:
         if arch not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
-        model = open_clip.create_model(arch, pretrained=str(pretrained) if pretrained is not None else None)
+            raise UsageError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models() (e.g. ViT-B-16, "
+                             "ViT-B-16-quickgelu for OpenAI weights)")
+        with _quiet_random_init():
+            model = open_clip.create_model(arch, pretrained=None)
+        if pretrained is not None:
+            _load_pretrained(model, pretrained, arch)
         tokenizer = open_clip.get_tokenizer(arch)
     return model.to(device).eval(), tokenizer
+
+
+class _DropRandomInitNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Any:
+    """open_clip says "No pretrained weights loaded ... initialized randomly" when the weights are loaded
+    right after, from a local file: drop that one note."""
+    note = _DropRandomInitNote()
+    root = logging.getLogger()
+    root.addFilter(note)
+    try:
+        yield
+    finally:
+        root.removeFilter(note)
+
+
+def _load_pretrained(model: nn.Module, path: str | os.PathLike, arch: str) -> None:
+    """Load a local CLIP checkpoint into ``model`` with open_clip's key conversions, after checking the file
+    ourselves (damaged, not a checkpoint, NaN/Inf, pickled objects: a clear error naming it)."""
+    import open_clip
+
+    state = None
+    if Path(path).suffix not in (".npz", ".npy"):  # big_vision numpy weights: open_clip's own reader
+        state = load_checkpoint(path)
+    try:
+        open_clip.load_checkpoint(model, str(path))
+    except (RuntimeError, AssertionError, KeyError, ValueError, IndexError) as err:
+        detail = str(err).splitlines()[0][:200]
+        if state is not None:
+            theirs = {k.removeprefix("module."): v for k, v in state.items()}
+            try:
+                check_compatible(model.state_dict(), theirs, names=(f"the {arch} CLIP", str(path)))
+            except StateDictMismatchError as mismatch:
+                detail = str(mismatch)
+        raise StateDictMismatchError(f"--pretrained {path} does not fit the architecture {arch}: {detail}. Pass the "
+                                     "weights of that architecture, or the architecture of these weights "
+                                     "(--arch, e.g. ViT-B-32 or a JSON config)") from None
 
 
 def _image_stats(clip_model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...], int]:
@@ -243,6 +316,41 @@ def _head_cache_path(cache_dir: str | os.PathLike, clip_model: nn.Module, class_
     return Path(cache_dir) / f"zeroshot-head-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
+def _read_head(path: Path, num_classes: int) -> Tensor | None:
+    """A cached zero-shot head, or ``None`` (with a warning) when it is missing, damaged or does not fit."""
+    if not path.is_file():
+        if path.exists() or path.is_symlink():
+            warnings.warn(f"zero-shot head cache {path} is not a regular file; computing the head instead",
+                          stacklevel=3)
+        return None
+    try:
+        head = load_checkpoint(path)["weight"]
+        if head.ndim != 2 or head.shape[0] != num_classes:
+            raise CheckpointError(f"it holds a {list(head.shape)} head for {num_classes} class names")
+    except (KeyError, CheckpointError, OSError) as err:
+        warnings.warn(f"zero-shot head cache {path} is unusable ({err}); computing the head again", stacklevel=3)
+        return None
+    log.info("zero-shot head loaded from cache %s", path)
+    return head
+
+
+def _write_head(path: Path, head: Tensor) -> None:
+    """Write the head atomically (a temporary file renamed into place), or warn when the cache is not writable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".part", dir=path.parent)
+        os.close(fd)
+        try:
+            save_state_dict({"weight": head}, tmp)
+            os.chmod(tmp, default_mode())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as err:
+        warnings.warn(f"cannot write the zero-shot head cache {path} ({err}); the head is not cached", stacklevel=3)
+
+
 def build_classifier(clip_model: nn.Module, tokenizer: Callable[[list[str]], Tensor], class_names: Sequence[str],
                      templates: str | Sequence[Template] = "simple", class_mask: Tensor | None = None,
                      head_cache_dir: str | os.PathLike | None = None) -> CLIPClassifier:
@@ -252,13 +360,11 @@ def build_classifier(clip_model: nn.Module, tokenizer: Callable[[list[str]], Ten
     """
     tmpl = resolve_templates(templates)
     cache = _head_cache_path(head_cache_dir, clip_model, class_names, tmpl) if head_cache_dir else None
-    if cache is not None and cache.is_file():
-        head = load_checkpoint(cache)["weight"]
-        log.info("zero-shot head loaded from cache %s", cache)
-    else:
+    head = _read_head(cache, len(class_names)) if cache is not None else None
+    if head is None:
         head = zeroshot_head(clip_model, tokenizer, class_names, tmpl)
         if cache is not None:
-            save_state_dict({"weight": head}, cache)
+            _write_head(cache, head)
     mean, std, size = _image_stats(clip_model)
     visual = copy.deepcopy(clip_model.visual)
     device = next(visual.parameters()).device
@@ -273,6 +379,10 @@ def load_finetuned(zeroshot: CLIPClassifier, path: str | os.PathLike, trust_pick
     """
     state = import_state_dict(load_checkpoint(path, trust_pickle=trust_pickle))
     reference = zeroshot.state_dict()
+    if not state:
+        raise CheckpointError(f"{path}: none of its keys belong to an image classifier (visual.*, head.*, or the "
+                              "wise-ft / open_clip layouts); pass the fine-tuned model's state dict")
+    check_weights(state, str(path), reference)
     try:
         check_compatible(reference, state, names=(f"the {type(zeroshot.visual).__name__} classifier", str(path)))
     except StateDictMismatchError as err:

@@ -20,7 +20,11 @@ It reproduces, at a size that trains in minutes on two CPU cores, the setting of
 ``$ADAWISE_CACHE`` (default ``~/.cache/adawise``) / ``embedded-<key>/``, the key hashing the recipe fields
 that matter to that endpoint, the training code version and the data. Pretraining is shared by the
 endpoints: it is cached once in ``pretrained-<key>/`` (key: the pretraining fields only) and reused. A
-corrupt cache is rebuilt with a warning.
+corrupt cache is rebuilt with a warning: damaged weights (their recorded hashes), an edited ``recipe.json``
+/ ``pretrained.json`` (its own ``doc_hash``, which covers the training figures in ``info``; caches written
+before it existed carry none and are read as they are), or a file or symlink where the folder belongs.
+Folders are created with the umask's mode (0755 typically), so a shared cache works for every user who
+may read it; a build holds a lock, so two processes never build one world at once.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adawise.models.checkpoints import load_checkpoint, save_state_dict, weights_hash
+from adawise.errors import AccessError
+from adawise.models.checkpoints import default_mode, load_checkpoint, save_state_dict, weights_hash
 from adawise.models.clip import CLIPClassifier, build_classifier, create_clip
 from adawise.models.embedded_train import ALL_TEMPLATES, description_caption, finetune, pretrain
 from streams import fashion
@@ -176,13 +181,32 @@ class EmbeddedRecipe:
         path = Path(recipe)
         if not path.is_file():
             raise ValueError(f"recipe {text!r} is neither 'full', 'tiny', an endpoint {list(ENDPOINTS)}, "
-                             f"'tiny:<endpoint>' nor a JSON file ({path.resolve()})")
-        data = json.loads(path.read_text())
+                             f"'tiny:<endpoint>' nor a JSON file ({path.resolve()}); pass one of those")
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{path}: not a valid JSON file ({err}); pass a JSON object of recipe fields") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of recipe fields, got {type(data).__name__}")
         data = data.get("recipe", data)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: 'recipe' must be a JSON object of recipe fields")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown recipe fields {unknown}; known: {sorted(known)}")
+        defaults = cls()
+        for key, value in data.items():  # each field keeps the type of its default (an int, a float, a pair, ...)
+            default = getattr(defaults, key)
+            kind = (int, float) if isinstance(default, float) else type(default)
+            ok = isinstance(value, list if isinstance(default, tuple) else kind) and not (
+                isinstance(value, bool) and not isinstance(default, bool))
+            if ok and isinstance(default, tuple):
+                ok = len(value) == len(default) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        for v in value)
+            if not ok:
+                raise ValueError(f"{path}: recipe field {key!r} must be like {default!r} "
+                                 f"({type(default).__name__}), got {value!r}")
         tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
         return cls(**{**data, **tuples})
 
@@ -395,10 +419,55 @@ def _finetune_stage(recipe: EmbeddedRecipe, clip: nn.Module, tokenizer: Tokenize
     return finetuned.eval(), info
 
 
+def _doc_hash(doc: dict[str, Any]) -> str:
+    """Hash of a cache document (every field but ``doc_hash`` itself), so an edited ``info`` is noticed."""
+    return hashlib.sha256(json.dumps({k: v for k, v in doc.items() if k != "doc_hash"}, sort_keys=True).encode()
+                          ).hexdigest()[:16]
+
+
+def _cache_parent(directory: Path) -> None:
+    """Create the folder that holds ``directory``, or say clearly why it cannot be."""
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise AccessError(f"the cache folder {directory.parent} (or a folder above it) is a file; remove it or set "
+                          "ADAWISE_CACHE to a folder") from None
+    except PermissionError:
+        raise AccessError(f"the cache folder {directory.parent} is not writable by this user; set ADAWISE_CACHE "
+                          "to a folder you can write") from None
+
+
+def _remove(path: Path) -> None:
+    """Remove a cache entry, whatever it is: a folder, a file, or a symlink (the link, not its target)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def _building(directory: Path) -> Iterator[None]:
+    """Hold the build lock of a cache entry (blocking: a second builder waits, then finds it built)."""
+    from filelock import FileLock
+
+    _cache_parent(directory)
+    lock = FileLock(str(directory.parent / f".{directory.name}.lock"))
+    try:
+        lock.acquire()
+    except OSError:  # a read-only shared cache: build without the lock (the write will say why it fails)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _write_dir(directory: Path, models: dict[str, nn.Module], doc: dict[str, Any], doc_name: str) -> None:
     """Write ``<name>.safetensors`` for each model and ``doc_name`` (with their hashes) atomically."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    _cache_parent(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes it private (0700): a shared cache needs the umask
     meta = {"adawise_embedded_key": doc["key"]}
     hashes = {}
     for name, model in models.items():
@@ -406,9 +475,9 @@ def _write_dir(directory: Path, models: dict[str, nn.Module], doc: dict[str, Any
         hashes[name] = weights_hash(model)
     doc = {**doc, "code_version": CODE_VERSION, "weights_hash": hashes,
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    doc["doc_hash"] = _doc_hash(doc)
     (tmp / doc_name).write_text(json.dumps(doc, indent=2) + "\n")
-    if directory.exists():
-        shutil.rmtree(directory)
+    _remove(directory)
     os.replace(tmp, directory)
 
 
@@ -419,6 +488,10 @@ def _read_dir(directory: Path, recipe: EmbeddedRecipe, key: str, files: tuple[st
     if missing:
         raise FileNotFoundError(f"missing {', '.join(missing)}")
     doc = json.loads((directory / doc_name).read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{doc_name} is not a JSON object")
+    if "doc_hash" in doc and doc["doc_hash"] != _doc_hash(doc):
+        raise ValueError(f"{doc_name} was edited after it was written (its doc_hash does not match)")
     if doc.get("key") != key:
         raise ValueError(f"{doc_name} is for {doc.get('key')}, expected {key}")
     clip, tokenizer = _new_clip(recipe)
@@ -448,11 +521,18 @@ def _pretrained(recipe: EmbeddedRecipe, fingerprint: str, splits: dict[str, tupl
             return clip, tokenizer, models["zeroshot"], {**doc.get("info", {}), "key": key, "trained": False}
         except Exception as err:  # noqa: BLE001 - any defect of the cache means: rebuild it
             warnings.warn(f"pretrained CLIP cache at {directory} is unusable ({err}); rebuilding it", stacklevel=3)
-    log.info("pretraining the embedded world's CLIP %s (recipe %s) into %s", key, recipe.name, directory)
-    clip, tokenizer, zeroshot, info = _pretrain_stage(recipe, splits, progress)
-    _write_dir(directory, {"clip": clip, "zeroshot": zeroshot},
-               {"key": key, "data_fingerprint": fingerprint, "pretrain_fields": _pretrain_fields(recipe), "info": info},
-               "pretrained.json")
+    with _building(directory):
+        if not retrain and directory.is_dir():  # another process built it while this one waited for the lock
+            try:
+                clip, tokenizer, models, doc = _read_dir(directory, recipe, key, _PRETRAINED_FILES, "pretrained.json")
+                return clip, tokenizer, models["zeroshot"], {**doc.get("info", {}), "key": key, "trained": False}
+            except Exception:  # noqa: BLE001 - still unusable: build it here
+                pass
+        log.info("pretraining the embedded world's CLIP %s (recipe %s) into %s", key, recipe.name, directory)
+        clip, tokenizer, zeroshot, info = _pretrain_stage(recipe, splits, progress)
+        _write_dir(directory, {"clip": clip, "zeroshot": zeroshot},
+                   {"key": key, "data_fingerprint": fingerprint, "pretrain_fields": _pretrain_fields(recipe),
+                    "info": info}, "pretrained.json")
     return clip, tokenizer, zeroshot, {**info, "key": key, "trained": True}
 
 
@@ -505,21 +585,20 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
         raise FileNotFoundError(f"embedded world {key} (recipe {recipe.name}, endpoint {recipe.endpoint}) is not "
                                 f"cached in {directory}; build it once with `adawise demo` (or load_embedded())")
     if loaded is None:
-        clip, tokenizer, zeroshot, pre_info = _pretrained(recipe, fingerprint, splits, retrain is True, progress)
-        log.info("fine-tuning the embedded world %s (recipe %s, endpoint %s) into %s", key, recipe.name,
-                 recipe.endpoint, directory)
-        finetuned, ft_info = _finetune_stage(recipe, clip, tokenizer, zeroshot, splits, progress)
-        pretrained_trained, pretrained_key = pre_info.pop("trained"), pre_info.pop("key")
-        info = {**pre_info, "pretrained_key": pretrained_key, **ft_info}
-        info["clean_accuracy"] = {"zeroshot": round(_accuracy(zeroshot, _grey3(test_x), test_y), 4),
-                                  "finetuned": round(_accuracy(finetuned, _grey3(test_x), test_y), 4)}
-        _write_dir(directory, {"clip": clip, "zeroshot": zeroshot, "finetuned": finetuned},
-                   {"key": key, "data_fingerprint": fingerprint, "recipe": recipe.to_dict(), "info": info},
-                   "recipe.json")
-        info = {**info, "trained": True, "pretrained_trained": pretrained_trained}
-    else:
+        with _building(directory):
+            if not retrain and directory.is_dir():  # built by another process while this one waited
+                try:
+                    clip, tokenizer, models, doc = _read_dir(directory, recipe, key, _FILES, "recipe.json")
+                    loaded = (clip, tokenizer, models["zeroshot"], models["finetuned"], doc.get("info", {}))
+                except Exception:  # noqa: BLE001 - still unusable: build it here
+                    pass
+            built = None if loaded is not None else _build_world(recipe, fingerprint, splits, retrain, progress,
+                                                                 directory, key, test_x, test_y)
+    if loaded is not None:
         clip, tokenizer, zeroshot, finetuned, info = loaded
         info = {**info, "trained": False, "pretrained_trained": False}
+    else:
+        clip, tokenizer, zeroshot, finetuned, info = built
     for model, role in ((zeroshot, "zeroshot"), (finetuned, "finetuned")):
         model.provenance = {"source": "embedded", "role": role, "world": key, "endpoint": recipe.endpoint,
                             "path": str(directory / f"{role}.safetensors")}
@@ -533,6 +612,24 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
         shifts=dict(SHIFTS), recipe=recipe, key=key, cache_dir=directory, data_root=root, info=info,
         streams_dir=cache_root() / "streams" if cache_dir is None else directory / "streams",
     )
+
+
+def _build_world(recipe: EmbeddedRecipe, fingerprint: str, splits: dict[str, tuple[Tensor, Tensor]],
+                 retrain: bool | str, progress: bool, directory: Path, key: str, test_x: Tensor, test_y: Tensor
+                 ) -> tuple[nn.Module, Tokenizer, CLIPClassifier, CLIPClassifier, dict[str, Any]]:
+    """Pretrain (or load the shared pretraining), fine-tune the endpoint, write the world's folder."""
+    clip, tokenizer, zeroshot, pre_info = _pretrained(recipe, fingerprint, splits, retrain is True, progress)
+    log.info("fine-tuning the embedded world %s (recipe %s, endpoint %s) into %s", key, recipe.name,
+             recipe.endpoint, directory)
+    finetuned, ft_info = _finetune_stage(recipe, clip, tokenizer, zeroshot, splits, progress)
+    pretrained_trained, pretrained_key = pre_info.pop("trained"), pre_info.pop("key")
+    info = {**pre_info, "pretrained_key": pretrained_key, **ft_info}
+    info["clean_accuracy"] = {"zeroshot": round(_accuracy(zeroshot, _grey3(test_x), test_y), 4),
+                              "finetuned": round(_accuracy(finetuned, _grey3(test_x), test_y), 4)}
+    _write_dir(directory, {"clip": clip, "zeroshot": zeroshot, "finetuned": finetuned},
+               {"key": key, "data_fingerprint": fingerprint, "recipe": recipe.to_dict(), "info": info},
+               "recipe.json")
+    return clip, tokenizer, zeroshot, finetuned, {**info, "trained": True, "pretrained_trained": pretrained_trained}
 
 
 def embedded_stream(world_or_spec: Any, **kwargs: Any) -> Any:

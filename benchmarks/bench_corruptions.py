@@ -1,0 +1,196 @@
+"""Benchmark: throughput of the 15 ImageNet-C corruptions, adawise vs the reference, in one process.
+
+For every corruption and severity, one batch of ``--batch`` (64) photos at 224 x 224 (the ten bundled
+photos of ``tests/imagenet_c_reference.py``, tiled): images per second of
+
+- the reference, image by image as ImageNet-C's loader calls it (a PIL image in, its output as an
+  array out: ``np.asarray``, which also makes PIL decode the JPEG it returns lazily;
+  ``imagecorruptions-imaug`` 1.1.5 for twelve corruptions, the transcription of Hendrycks's
+  ``make_imagenet_c.py`` for elastic_transform, frost and pixelate), on one CPU thread;
+- ``streams.corruptions.corrupt`` on the whole batch (float32 ``[64, 3, 224, 224]`` in [0, 1]) on
+  ``--device``.
+
+On the CPU both run in this process on one thread (torch, OpenCV, BLAS), interleaved repeat by
+repeat; the ratio is the median of the process CPU time (steady when other processes share the
+machine), wall times are recorded too. Targets: at least 1.0x the reference for every corruption,
+0.9x where the reference is PIL's C code (jpeg_compression: libjpeg, which adawise then calls as
+well; pixelate). With ``--device cuda`` the reference is not run: its single-thread CPU throughput is
+read from ``--reference-json`` (this script's CPU JSON, e.g. ``benchmarks/results/corruptions_cpu.json``)
+and the target is 50x.
+
+    python benchmarks/bench_corruptions.py --json benchmarks/results/corruptions_cpu.json
+    python benchmarks/bench_corruptions.py --device cuda \\
+        --reference-json benchmarks/results/corruptions_cpu.json --json OUT/corruptions_gpu.json
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _timing import environment, sync  # noqa: E402
+
+from streams.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
+
+PIL_REFERENCES = frozenset({"jpeg_compression", "pixelate"})
+
+
+def target_for(name: str, device: str) -> float:
+    """The throughput ratio each corruption must reach on ``device``."""
+    if device != "cpu":
+        return 50.0
+    return 0.9 if name in PIL_REFERENCES else 1.0
+
+
+def test_images(batch: int) -> np.ndarray:
+    """``uint8 [batch, 224, 224, 3]``: the bundled photos, tiled; a seeded pattern without them."""
+    try:
+        from imagenet_c_reference import bundled_photos
+
+        photos = bundled_photos()
+    except ImportError:  # a GPU machine without scikit-image: same size, other content
+        rng = np.random.default_rng(0)
+        photos = (rng.random((10, 224, 224, 3)) * 255).astype(np.uint8)
+    return np.concatenate([photos] * (batch // len(photos) + 1))[:batch]
+
+
+def _timed(fn: Any, device: torch.device) -> tuple[float, float]:
+    """Wall and process-CPU seconds of one call (device synchronised at both ends)."""
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run(device_name: str, batch: int, severities: list[int], names: list[str], repeats: int,
+        reference_json: str | None) -> dict[str, Any]:
+    device = torch.device(device_name)
+    images = test_images(batch)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).contiguous().to(device)
+    reference: dict[tuple[str, int], float] = {}
+    if device.type == "cpu":
+        import cv2
+        from imagenet_c_reference import raw_function
+        from PIL import Image
+
+        cv2.setNumThreads(1)
+        pil_images = [Image.fromarray(image) for image in images]
+    elif reference_json:
+        for row in json.loads(Path(reference_json).read_text())["rows"]:
+            reference[(row["corruption"], row["severity"])] = row["reference_img_s"]
+    rows = []
+    for name in names:
+        for severity in severities:
+            def ours(name: str = name, severity: int = severity) -> None:
+                corrupt(x, name, severity, seed=1)
+
+            ours()  # warm-up: caches, the frost bank, kernel compilation
+            wall_ours, cpu_ours, wall_ref, cpu_ref = [], [], [], []
+            for rep in range(repeats):
+                if device.type == "cpu":
+                    function = raw_function(name)
+
+                    def reference_batch(function: Any = function, severity: int = severity, rep: int = rep) -> None:
+                        np.random.seed(rep)
+                        for image in pil_images:  # np.asarray: the output in hand (a PIL JPEG decodes lazily)
+                            np.asarray(function(image, severity))
+
+                    if rep == 0:
+                        function(pil_images[0], severity)  # warm-up (numba compiles glass blur)
+                    wall, cpu = _timed(reference_batch, device)
+                    wall_ref.append(wall)
+                    cpu_ref.append(cpu)
+                wall, cpu = _timed(ours, device)
+                wall_ours.append(wall)
+                cpu_ours.append(cpu)
+            ours_s = statistics.median(cpu_ours if device.type == "cpu" else wall_ours)
+            row = {"corruption": name, "severity": severity, "adawise_img_s": batch / ours_s,
+                   "adawise_wall_s": statistics.median(wall_ours), "target": target_for(name, device.type)}
+            if device.type == "cpu":
+                ref_s = statistics.median(cpu_ref)
+                row.update(reference_img_s=batch / ref_s, reference_wall_s=statistics.median(wall_ref),
+                           ratio=ref_s / ours_s)
+            elif (name, severity) in reference:
+                row.update(reference_img_s=reference[(name, severity)],
+                           ratio=row["adawise_img_s"] / reference[(name, severity)])
+            rows.append(row)
+            ratio = f"{row['ratio']:6.2f}x" if "ratio" in row else "   n/a"
+            ref = f"{row['reference_img_s']:8.1f}" if "reference_img_s" in row else "     n/a"
+            print(f"{name:18s} {severity}  reference {ref} img/s  adawise {row['adawise_img_s']:9.1f} img/s  "
+                  f"ratio {ratio} (target {row['target']}x)", flush=True)
+    env = environment(device)
+    return {"benchmark": "bench_corruptions", "device": device_name, "batch": batch, "size": 224,
+            "repeats": repeats, "environment": env, "rows": rows}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Table: one row per corruption, the ratio at each severity, the smallest, the target."""
+    severities = sorted({row["severity"] for row in result["rows"]})
+    by_name: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in result["rows"]:
+        by_name.setdefault(row["corruption"], {})[row["severity"]] = row
+    env = result["environment"]
+    lines = [f"#### {env['device_name']}, batch {result['batch']} at 224x224 ({env['date']})", "",
+             f"`{env['command']}`", "",
+             "| corruption | reference img/s (sev 1-5) | adawise img/s (sev 1-5) | "
+             + " | ".join(f"ratio s{s}" for s in severities) + " | min | target |",
+             "|---|---|---|" + "---|" * len(severities) + "---|---|"]
+    for name, cells in by_name.items():
+        ratios = [cells[s].get("ratio", float("nan")) for s in severities]
+        reference = "/".join(f"{cells[s]['reference_img_s']:.0f}" if "reference_img_s" in cells[s] else "n/a"
+                             for s in severities)
+        ours = "/".join(f"{cells[s]['adawise_img_s']:.0f}" for s in severities)
+        lines.append(f"| {name} | {reference} | {ours} | " + " | ".join(f"{r:.2f}" for r in ratios)
+                     + f" | {min(ratios):.2f} | {cells[severities[0]]['target']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--severities", default="1,2,3,4,5")
+    parser.add_argument("--corruptions", default=",".join(CORRUPTIONS))
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per cell (median)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the reference runs on one)")
+    parser.add_argument("--reference-json", help="CPU results whose reference figures a GPU run divides by")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--markdown", help="write the table here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    severities = [int(s) for s in args.severities.split(",")]
+    names = [n.strip() for n in args.corruptions.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(CORRUPTIONS)) + [str(s) for s in severities if s not in SEVERITIES]
+    if unknown:
+        parser.error(f"unknown corruption(s) or severities: {unknown}")
+    result = run(args.device, args.batch, severities, names, args.repeats, args.reference_json)
+    table = markdown(result)
+    print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+
+
+if __name__ == "__main__":
+    main()
