@@ -49,7 +49,8 @@ from streams.base import Batch, Stream, StreamSpec
 
 __all__ = [
     "IMAGENET_WNIDS", "IMAGENET_CLASSNAMES", "IMAGENET_R_WNIDS", "IMAGENET_R_CLASSNAMES",
-    "IMAGENET_R_MASK", "IMAGENET_R_INDICES", "RENDITIONS", "ORDERS", "DOWNLOAD_URL", "MAX_PIXELS", "MAX_ASPECT",
+    "IMAGENET_R_MASK", "IMAGENET_R_INDICES", "RENDITIONS", "ORDERS", "LEGACY_ORDERS", "resolve_order", "DOWNLOAD_URL",
+    "MAX_PIXELS", "MAX_ASPECT",
     "project_logits", "ImageNetRFolder", "Sample", "collate_drop_failed", "ImageNetRStream",
     "imagenet_r_stream", "from_spec", "decode_image", "list_folders", "list_images", "files_fingerprint",
 ]
@@ -358,7 +359,7 @@ class ImageNetRStream(Stream):
                  renditions: Sequence[str] | None = None, limit_per_domain: int | None = None,
                  schedule: str | None = None) -> None:
         super().__init__()
-        self.schedule, self.sample_order = _resolve_order(order, schedule)
+        self.schedule, self.sample_order = resolve_order(order, schedule)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if limit_per_domain is not None and limit_per_domain < 1:
@@ -485,8 +486,9 @@ def imagenet_r_stream(root: str | os.PathLike[str], order: str = "rendition", ba
                            schedule=schedule)
 
 
-def _resolve_order(order: str, schedule: str | None) -> tuple[str, Any]:
-    """``(schedule, SampleOrder)`` of an ImageNet-R stream: the old order words alone keep their meaning."""
+def resolve_order(order: str, schedule: str | None) -> tuple[str, Any]:
+    """``(schedule, SampleOrder)`` of an ImageNet-R stream (:mod:`streams.orders`): the old order words
+    alone keep their meaning (:data:`LEGACY_ORDERS`); with a ``schedule``, ``order`` is a sample order."""
     from streams.orders import parse_sample_order, resolve
 
     if schedule is None and order in LEGACY_ORDERS:

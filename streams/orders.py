@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["SAMPLE_ORDERS", "SCHEDULES", "DEFAULT_DELTA", "SampleOrder", "parse_sample_order", "resolve",
-           "arrange", "dirichlet_order", "ORDER_HELP", "SCHEDULE_HELP"]
+           "arrange", "dirichlet_order", "spec_fields", "ORDER_HELP", "SCHEDULE_HELP"]
 
 #: sample orders (``dirichlet`` takes ``:<δ>``; ``given`` keeps the source's own order)
 SAMPLE_ORDERS: tuple[str, ...] = ("shuffled", "class-sorted", "dirichlet", "given")
@@ -210,3 +210,28 @@ def dirichlet_order(labels: Tensor, delta: float, seed: int, slots: int | None =
             remaining -= counts
             need -= taken
     return torch.tensor(out, dtype=torch.long)
+
+
+def spec_fields(source: str, order: str | None, schedule: str | None) -> tuple[str, dict[str, object]]:
+    """``(StreamSpec.order, extra options)`` for a spec-built source (``corruptions``, ``imagenet-c``,
+    ``imagenet-r``) from the user's ``order`` and ``schedule``.
+
+    The spec's ``order`` field holds the schedule (ImageNet-R: one of its old order words where the
+    combination has one) and a sample order other than the source's default goes into the option
+    ``sample_order`` (``given`` for corruptions: ``shuffle=False``). The old spellings alone keep the
+    specs (and their hashes) they always made.
+    """
+    if source == "imagenet-r":
+        from streams.imagenet_r import LEGACY_ORDERS, resolve_order
+
+        if schedule is None and (order or "rendition") in (*LEGACY_ORDERS, "continual", "reset_each_shift"):
+            return order or "rendition", {}
+        sched, sample = resolve_order(order or "given", schedule)
+        legacy = {v: k for k, v in LEGACY_ORDERS.items()}.get((sched, sample.spelled))
+        return (legacy, {}) if legacy else (sched, {"sample_order": sample.spelled})
+    if schedule is None and (order or "continual") in SCHEDULES:
+        return order or "continual", {}
+    sched, sample = resolve(order, schedule)
+    if sample.kind == "given":
+        return sched, {"shuffle": False}
+    return sched, ({} if sample.kind == "shuffled" else {"sample_order": sample.spelled})

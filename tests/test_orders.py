@@ -195,3 +195,79 @@ def test_embedded_orders_and_schedules():
     assert gradual.domains == ["clean", "invert"] + [f"brightness:{s}" for s in (1, 2, 3, 4, 5)]
     one = list(embedded_stream(None, batch_size=1, **{k: v for k, v in kw.items() if k != "batch_size"}))
     assert len(one) == 360 and all(len(b.labels) == 1 for b in one)
+
+
+# ------------------------------------------------------------------------------------------ one vocabulary
+def test_spec_fields_keep_old_specs_and_name_new_orders():
+    from streams.orders import spec_fields
+
+    assert spec_fields("corruptions", "mixed", None) == ("mixed", {})  # the old spelling: the spec as before
+    assert spec_fields("imagenet-c", None, None) == ("continual", {})
+    assert spec_fields("corruptions", "dirichlet", "mixed") == ("mixed", {"sample_order": "dirichlet:0.1"})
+    assert spec_fields("corruptions", "given", "gradual") == ("gradual", {"shuffle": False})
+    assert spec_fields("imagenet-r", None, None) == ("rendition", {})
+    assert spec_fields("imagenet-r", "class-sorted", None) == ("class-sorted", {})  # old: every file in class order
+    assert spec_fields("imagenet-r", "shuffled", "continual") == ("shuffled", {})  # has an old name
+    assert spec_fields("imagenet-r", "dirichlet:0.01", "continual") == ("continual", {"sample_order": "dirichlet:0.01"})
+    with pytest.raises(ValueError, match="not available"):
+        spec_fields("imagenet-r", "shuffled", "gradual")
+
+
+def test_imagenet_r_dirichlet_and_mixed_name_each_file_rendition(tmp_path):
+    from imagenet_r_fixture import make_imagenet_r_folder
+
+    from streams.imagenet_r import imagenet_r_stream
+
+    root = make_imagenet_r_folder(tmp_path / "inr", per_class=2, size=(16, 16), extras=False)
+    kw = dict(batch_size=50, image_size=16, num_workers=0)
+    dirichlet = imagenet_r_stream(root, order="dirichlet", **kw)
+    assert dirichlet.spec.order == "continual" and dirichlet.spec.opts["sample_order"] == "dirichlet:0.1"
+    batches = list(dirichlet)
+    assert [b.domain for b in batches] == sorted(b.domain for b in batches)  # renditions one after another
+    assert sum(len(b.labels) for b in batches) == 400
+    rebuilt = build_stream(dirichlet.spec, num_workers=0)
+    assert [b.labels.tolist() for b in rebuilt] == [b.labels.tolist() for b in batches]
+    mixed = list(imagenet_r_stream(root, order="shuffled", schedule="mixed", **kw))
+    assert {b.domain for b in mixed} == {"mixed"}
+    names = [d for b in mixed for d in b.sample_domains]
+    assert {d: names.count(d) for d in ("art", "cartoon", "sketch", "toy")} == dict.fromkeys(
+        ("art", "cartoon", "sketch", "toy"), 100)
+    with pytest.raises(ValueError, match="gradual"):
+        imagenet_r_stream(root, order="shuffled", schedule="gradual", **kw)
+
+
+def test_sweep_streams_take_order_and_schedule():
+    from adawise.sweep import build_stream as sweep_stream
+
+    synth = {"source": "corruptions", "base": "synthetic", "base_size": 24, "image_size": 8, "num_classes": 4,
+             "domains": ["clean", "contrast"], "batch_size": 8}
+    old = sweep_stream({**synth, "order": "mixed"}, seed=0)
+    new = sweep_stream({**synth, "order": "class-sorted", "schedule": "mixed"}, seed=0)
+    assert old.spec.order == new.spec.order == "mixed" and "sample_order" not in old.spec.opts
+    assert new.spec.opts["sample_order"] == "class-sorted"
+    ys = torch.cat([b.labels for b in new])
+    assert torch.equal(ys, torch.sort(ys).values) and all(b.sample_domains is not None for b in new)
+
+
+def test_run_and_demo_options():
+    import argparse
+
+    from adawise.demo import _sample_order
+    from adawise.experiment import _make_spec
+
+    args = argparse.Namespace(data="/tmp", stream="imagenet-c", order="dirichlet:0.01", schedule="mixed",
+                              corruptions="fog,snow", severity=3, batch_size=16, seed=0, limit_per_domain=None)
+    spec = _make_spec(args, 32)
+    assert spec.order == "mixed" and spec.opts["sample_order"] == "dirichlet:0.01" and spec.domains == ("fog", "snow")
+    args.order, args.schedule = "gradual", None  # the old spelling
+    assert _make_spec(args, 32).order == "gradual" and "sample_order" not in _make_spec(args, 32).opts
+    args.order, args.schedule = "random", None
+    with pytest.raises(Exception, match="unknown order"):
+        _make_spec(args, 32)
+    args = argparse.Namespace(data="/tmp", stream="imagenet-r", order="dirichlet", schedule="mixed", renditions=None,
+                              batch_size=16, seed=0, limit_per_domain=None)
+    spec = _make_spec(args, 32)
+    assert spec.order == "mixed" and spec.opts["sample_order"] == "dirichlet:0.1"
+    assert _sample_order("continual") == "shuffled" and _sample_order("dirichlet:0.01") == "dirichlet:0.01"
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown order"):
+        _sample_order("random")
