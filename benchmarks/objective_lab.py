@@ -25,12 +25,14 @@ domains after the first (in-distribution) one, per domain even when batches mix 
 Usage::
 
     python benchmarks/objective_lab.py                            # the README table (19 shifts, 4 stream types)
-    python benchmarks/objective_lab.py --batch-sizes 8,1 --orders shuffled --schedules continual
+    python benchmarks/objective_lab.py --batch-sizes 8,1 --streams shuffled/continual
     python benchmarks/objective_lab.py --seed-world 1 --json runs/lab_s1.json   # another world (trained if absent)
     python benchmarks/objective_lab.py --domains clean,frost,gaussian_noise:3   # shifts not tuned on
+    python benchmarks/objective_lab.py --engine adawise,adawise-windowed         # + the real engine, same streams
 
-The first run on a world computes and caches the logits (about 4 minutes on one CPU thread for 20
-domains x 2,000 images x 21 αs); later runs replay in seconds.
+The first run on a world computes and caches the logits (about 7 minutes on one CPU thread for 20
+domains x 2,000 images x 21 αs, the shifted images included); later runs replay in seconds (the real
+engine's rows take minutes per stream).
 """
 
 from __future__ import annotations
@@ -284,14 +286,15 @@ def _interpolated(s: LabStream, rows: Tensor, centre: int) -> Tensor:
     return ((a - c) * (a - 1) / c * z0 + a * (a - 1) / (c * (c - 1)) * zc + a * (a - c) / (1 - c) * z1)
 
 
-def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, per_batch: int = 8, fill: int = 32,
+def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, stride: float = 8.0, fill: int = 32,
                        mix_threshold: float | None = 0.3, restart: bool = True, drift_z: float = 4.0,
                        drift_min_rel: float = 0.05, drift_beta: float = 0.2,
                        drift_on: str = "entropy") -> tuple[Tensor, Tensor]:
     """``adawise-windowed`` simulated online with what it computes, the BO search replaced by the exact
     grid minimum: per batch the mean entropy at each α + ``weight`` x min(1, held/rows) x KL of the window's
-    proportions at α to those at α = 0; the window holds the last ``rows`` rows (``per_batch`` strided rows
-    of each batch, entered after its prediction; ``fill`` rows of the batch when empty), their θ(α) logits
+    proportions at α to those at α = 0; the window holds the last ``rows`` rows (one row per ``stride``
+    images, evenly strided in each batch, entered after its prediction; ``fill`` rows of the batch when
+    empty), their θ(α) logits
     interpolated through (0, the batch's centre, 1); it restarts at a reset and when the engine's drift
     detector fires (``drift_*``, the fast preset's); rows whose entropy at the chosen α exceeds
     ``mix_threshold`` x log(C) are mixed with the zero-shot prediction by DaWin's λ.
@@ -307,6 +310,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, per_b
     centre = A // 2
     mu = var = 0.0
     seen = 0
+    credit = 0.0
     hits = torch.zeros(len(s.batch), dtype=torch.bool)
     chosen = torch.zeros(len(s.batch), dtype=torch.long)
 
@@ -320,7 +324,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, per_b
     for b in range(s.nb):
         st, n = starts[b], int(counts[b])
         if s.setting == "reset_each_shift" and b > 0 and seg[b] != seg[b - 1]:
-            held, centre, seen = None, A // 2, 0
+            held, centre, seen, credit = None, A // 2, 0, 0.0
         filled = held is None
         if filled:
             held = rows_probs(_strided(st, n, fill), centre)
@@ -341,7 +345,11 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, per_b
         hits[st:st + n] = p.argmax(-1) == s.labels[st:st + n]
         chosen[st:st + n] = c
         if not filled:
-            held = torch.cat([held, rows_probs(_strided(st, n, per_batch), centre)])[-rows:]
+            credit += n / stride
+            k = int(credit)
+            credit -= k
+            if k:
+                held = torch.cat([held, rows_probs(_strided(st, n, k), centre)])[-rows:]
         gc = float(obj[c] if drift_on == "objective" else ent[c, b])
         if seen == 0:
             mu, var, seen = gc, 0.0, 1
@@ -410,6 +418,30 @@ def evaluate(s: LabStream, choosers: Sequence[str] = tuple(CHOOSERS)) -> dict[st
     return rows
 
 
+# ------------------------------------------------------------------------------------------ the real engine
+def engine_rows(world: Any, domains: Sequence[str], order: str, schedule: str, batch_size: int, setting: str,
+                methods: Sequence[str], per_domain: int = 2000, seed: int = 0,
+                progress: bool = False) -> dict[str, dict[str, Any]]:
+    """The registered methods run by the real engine (:func:`adawise.run_stream`, BO search, online) on the
+    stream the lab replays (same images, shift draws and sample order): one row each, ``"<name> (engine)"``."""
+    from adawise import make_method, run_stream
+    from streams.fashion import embedded_stream
+
+    stream = embedded_stream(world, domains=list(domains), order=order, schedule=schedule, batch_size=batch_size,
+                             per_domain=per_domain, seed=seed)
+    rows: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        t = time.perf_counter()
+        method = make_method(name, zeroshot=world.zeroshot, finetuned=world.finetuned)
+        result = run_stream(method, stream, setting=setting, seed=seed, progress=progress)
+        passes = sum(r.get("forward_passes", 1.0) for r in result.records) / len(result.records)
+        alphas = [a for a in result.alphas if a is not None]
+        rows[f"{name} (engine)"] = {**summarise(result.per_domain, domains[0]), "per_domain": result.per_domain,
+                                    "mean_alpha": sum(alphas) / max(len(alphas), 1), "passes": passes,
+                                    "seconds": time.perf_counter() - t}
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def _table(results: dict[str, dict[str, dict[str, Any]]], settings: Sequence[str]) -> str:
     cols = list(results)
@@ -446,14 +478,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0, help="stream seed (test subset, shift draws, orders)")
     p.add_argument("--seed-world", type=int, default=0, help="EmbeddedRecipe seed (0: the demo's world)")
     p.add_argument("--recipe", default="full")
+    p.add_argument("--engine", default="",
+                   help="comma-separated registered methods to run with the real engine on the same streams "
+                        "(e.g. adawise,adawise-windowed; minutes per stream on a CPU)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     domains = [d for d in args.domains.split(",") if d]
-    cache = load_logits(domains, seed_world=args.seed_world, recipe=args.recipe, per_domain=args.per_domain,
-                        seed=args.seed)
+    world = _world(args.seed_world, args.recipe)
+    cache = load_logits(domains, world, per_domain=args.per_domain, seed=args.seed)
+    engine = [m for m in args.engine.split(",") if m]
     step = 20 // (int(args.alphas) - 1)
     sub = LabLogits(cache.alphas[::step], {k: v[::step] for k, v in cache.logits.items()}, cache.labels,
                     cache.world, cache.shift_hash, cache.seed)
@@ -471,7 +507,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if schedule == "mixed" and setting == "reset_each_shift":
                     continue  # one domain: nothing to reset
                 s = lab_stream(sub, order, schedule or "continual", bs, setting)
-                results[f"{order} / {schedule or 'continual'}"] = evaluate(s, choosers)
+                rows = evaluate(s, choosers)
+                if engine:
+                    rows |= engine_rows(world, domains, order, schedule or "continual", bs, setting, engine,
+                                        args.per_domain, args.seed)
+                oracle = rows["per-domain oracle *"]["shift_mean"]
+                best = rows["best static α"]["shift_mean"]
+                for r in rows.values():
+                    r["vs_best_static"], r["vs_oracle"] = r["shift_mean"] - best, r["shift_mean"] - oracle
+                results[f"{order} / {schedule or 'continual'}"] = rows
             key = f"batch {bs}, {setting}"
             out["tables"][key] = results
             print(f"\n{key} (shift mean %, clean in brackets; * reads the labels)\n" + _table(results, [setting]),

@@ -332,7 +332,7 @@ _COMMON: dict[str, Any] = {
     "noise": "fit",
     # the windowed objective's proportion window (ProportionWindow; other objectives ignore them)
     "window_rows": 128,
-    "window_per_batch": 8,
+    "window_stride": 8.0,
     "window_fill": 32,
     "window_weight": 3.0,
     "window_divergence": "kl",
@@ -380,6 +380,7 @@ class _State:
     drift_var: float = 0.0
     drift_n: int = 0
     window: ProportionWindow | None = None  # the windowed objective's recent rows
+    window_credit: float = 0.0  # images seen since the last row entered the window, in rows
     info: dict[str, Any] = field(default_factory=lambda: {"forward_passes": 0.0})
 
 
@@ -489,6 +490,17 @@ class AdaWiSE(WeightSpaceMethod):
         noise: GP observation noise ``"fit"`` (hyperparameter) or ``"online"`` (residual estimate).
         posterior: ``"botorch"`` or ``"closed_form"`` (same GP, about 15x less overhead).
         grid_size, acquisition, ucb_beta, incumbent, acq_optimizer, min_distance: :class:`BayesOpt1D`.
+        window_rows, window_stride, window_fill, window_weight, window_divergence, window_restart: the
+            ``windowed`` objective's :class:`~adawise.objectives.ProportionWindow`: it holds ``window_rows``
+            rows (128), one per ``window_stride`` images (8: evenly strided rows of each batch, entered after
+            the prediction, with their logits at α = 0 and α = 1 from two small passes and at the centre
+            from the batch's full pass), ``window_fill`` rows of the batch when it is empty (32); its term
+            is ``window_weight`` (3) x KL (``window_divergence``) ramped by how full it is; it restarts at
+            a detected drift (``window_restart``; the detector then watches the entropy part only).
+        mix_threshold, mix_cap: after the prediction's α is chosen, rows whose entropy there exceeds
+            ``mix_threshold`` x log(classes) (at most ``mix_cap`` of them, the most uncertain) are mixed
+            per sample with the zero-shot model by DaWin's weight (one zero-shot pass over those rows; the
+            call then returns log-probabilities). ``None``: off (``adawise-windowed``: 0.3).
         seed: seed of the optimizer's private generator (runs never read the global RNG).
         device: where the live model runs (default: ``finetuned``'s device).
         amp_dtype: autocast dtype of the forward passes (e.g. ``torch.bfloat16`` on CUDA).
@@ -552,9 +564,10 @@ class AdaWiSE(WeightSpaceMethod):
         if objective in NEEDS_WINDOW:
             self._initial.window = ProportionWindow(rows=opts["window_rows"], weight=opts["window_weight"],
                                                     divergence=opts["window_divergence"])
-        for key in ("window_per_batch", "window_fill"):
-            if int(opts[key]) < 1:
-                raise ValueError(f"{key} must be >= 1, got {opts[key]}")
+        if int(opts["window_fill"]) < 1:
+            raise ValueError(f"window_fill must be >= 1, got {opts['window_fill']}")
+        if not float(opts["window_stride"]) >= 1.0:
+            raise ValueError(f"window_stride (images per window row) must be >= 1, got {opts['window_stride']}")
         if opts["mix_threshold"] is not None and not 0.0 <= float(opts["mix_threshold"]) <= 1.0:
             raise ValueError(f"mix_threshold must be None or a fraction of log(classes) in [0, 1], "
                              f"got {opts['mix_threshold']}")
@@ -689,8 +702,12 @@ class AdaWiSE(WeightSpaceMethod):
         zero-shot pass over both sets of rows. Returns the log-probabilities and the mixed row count."""
         n, device, o = len(b.images), b.images.device, self.opts
         window = self._s.window
-        wrows = (self._strided(n, o["window_per_batch"], device) if window is not None and not b.window_filled
-                 else torch.zeros(0, dtype=torch.long, device=device))
+        k = 0
+        if window is not None and not b.window_filled:  # one row per window_stride images, whatever the batch size
+            self._s.window_credit += n / float(o["window_stride"])
+            k = int(self._s.window_credit)
+            self._s.window_credit -= k
+        wrows = self._strided(n, k, device) if k else torch.zeros(0, dtype=torch.long, device=device)
         h = entropy(logits)
         sel = torch.zeros(n, dtype=torch.bool, device=logits.device)
         if o["mix_threshold"] is not None and logits.shape[-1] > 1:
