@@ -289,15 +289,17 @@ def _interpolated(s: LabStream, rows: Tensor, centre: int) -> Tensor:
 def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, stride: float = 8.0, fill: int = 32,
                        mix_threshold: float | None = 0.3, restart: bool = True, drift_z: float = 4.0,
                        drift_min_rel: float = 0.05, drift_beta: float = 0.2,
-                       drift_on: str = "entropy") -> tuple[Tensor, Tensor]:
+                       drift_on: str = "entropy", mix_cap: float | None = 0.5,
+                       divergence: str = "kl") -> tuple[Tensor, Tensor]:
     """``adawise-windowed`` simulated online with what it computes, the BO search replaced by the exact
     grid minimum: per batch the mean entropy at each α + ``weight`` x min(1, held/rows) x KL of the window's
     proportions at α to those at α = 0; the window holds the last ``rows`` rows (one row per ``stride``
     images, evenly strided in each batch, entered after its prediction; ``fill`` rows of the batch when
     empty), their θ(α) logits
     interpolated through (0, the batch's centre, 1); it restarts at a reset and when the engine's drift
-    detector fires (``drift_*``, the fast preset's); rows whose entropy at the chosen α exceeds
-    ``mix_threshold`` x log(C) are mixed with the zero-shot prediction by DaWin's λ.
+    detector fires on the entropy part (``drift_*``, the fast preset's); rows whose entropy at the chosen
+    α exceeds ``mix_threshold`` x log(C) (at most a ``mix_cap`` share of the batch, the most uncertain) are
+    mixed with the zero-shot prediction by DaWin's λ. The defaults are ``adawise-windowed``'s.
 
     Returns per-sample hits [M] and the chosen α index per sample [M].
     """
@@ -319,7 +321,8 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
 
     def objective(b: int) -> Tensor:
         pw = held.mean(0)
-        return ent[:, b] + weight * min(1.0, len(held) / rows) * _kl(pw, pw[:1])
+        div = _kl(pw, pw[:1]) if divergence == "kl" else 0.5 * (pw - pw[:1]).abs().sum(-1)
+        return ent[:, b] + weight * min(1.0, len(held) / rows) * div
 
     for b in range(s.nb):
         st, n = starts[b], int(counts[b])
@@ -339,6 +342,9 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
         if mix_threshold is not None:
             h = _entropy(logp)
             sel = h > mix_threshold * math.log(C)
+            cap = None if mix_cap is None else max(int(mix_cap * n), 1)
+            if cap is not None and int(sel.sum()) > cap:
+                sel &= h >= h[sel].topk(cap).values[-1]
             lp0 = s.logp[0, st:st + n]
             lam = torch.sigmoid(_entropy(lp0) - h)[:, None]
             p = torch.where(sel[:, None], lam * p + (1 - lam) * lp0.exp(), p)
@@ -392,8 +398,10 @@ def summarise(acc: dict[str, float], id_domain: str) -> dict[str, float]:
     return {"shift_mean": 100 * sum(shifts) / len(shifts), "clean": 100 * acc.get(id_domain, math.nan)}
 
 
-def evaluate(s: LabStream, choosers: Sequence[str] = tuple(CHOOSERS)) -> dict[str, dict[str, Any]]:
-    """Every row of the table on one stream: ``{row: {"shift_mean", "clean", "per_domain"}}``."""
+def evaluate(s: LabStream, choosers: Sequence[str] = tuple(CHOOSERS),
+             variants: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Every row of the table on one stream: ``{row: {"shift_mean", "clean", "per_domain"}}``; ``variants``
+    adds rows of :func:`windowed_simulated` with other options (name -> keyword arguments)."""
     id_domain = s.names[0]
     correct = s.correct
     rows: dict[str, dict[str, Any]] = {}
@@ -409,8 +417,10 @@ def evaluate(s: LabStream, choosers: Sequence[str] = tuple(CHOOSERS)) -> dict[st
     oracle = {d: max(statics[a]["per_domain"][d] for a in s.alphas) for d in statics[best]["per_domain"]}
     rows["per-domain oracle *"] = {**summarise(oracle, id_domain), "per_domain": oracle}
     rows["per-sample oracle *"] = {**summarise(per_domain(s, correct.any(0)), id_domain)}
-    for name in choosers:
-        result = CHOOSERS[name](s)
+    calls = [(name, CHOOSERS[name]) for name in choosers]
+    calls += [(f"windowed, {name}", lambda st, kw=kw: windowed_simulated(st, **kw)) for name, kw in (variants or {}).items()]
+    for name, chooser in calls:
+        result = chooser(s)
         hits, choice = result if isinstance(result, tuple) else (hits_of(s, result), result)
         acc = per_domain(s, hits)
         alphas = torch.tensor(s.alphas)[choice]
@@ -464,41 +474,49 @@ def _table(results: dict[str, dict[str, dict[str, Any]]], settings: Sequence[str
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--domains", default=",".join(LAB_DOMAINS), help="comma-separated, the first in distribution")
-    p.add_argument("--streams", default=",".join(f"{o}/{s}" for o, s in STREAM_TYPES),
-                   help="comma-separated ORDER/SCHEDULE pairs (default: the README's four)")
-    p.add_argument("--settings", default="continual,reset_each_shift")
-    p.add_argument("--batch-sizes", default="64")
-    p.add_argument("--choosers", default=",".join(CHOOSERS))
-    p.add_argument("--alphas", default="11", help="grid: a number of equally spaced αs (a divisor of the cache's "
-                   "21 minus one: 11, 6, 5, 3) or 21 (default 11, step 0.1)")
-    p.add_argument("--per-domain", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0, help="stream seed (test subset, shift draws, orders)")
-    p.add_argument("--seed-world", type=int, default=0, help="EmbeddedRecipe seed (0: the demo's world)")
-    p.add_argument("--recipe", default="full")
-    p.add_argument("--engine", default="",
-                   help="comma-separated registered methods to run with the real engine on the same streams "
-                        "(e.g. adawise,adawise-windowed; minutes per stream on a CPU)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def _seed_table(per_seed: dict[int, dict[str, Any]], key: str) -> str:
+    """Mean ± sd over world seeds of each row's shift mean, per stream (one table of ``key``), and the
+    smallest margin over the best static α across the seeds."""
+    import statistics
+
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]["tables"][key]
+    cols = list(first)
+    names = list(next(iter(first.values())))
+    lines = [f"| α chosen by ({len(seeds)} worlds: seeds {', '.join(map(str, seeds))}) | "
+             + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name in names:
+        cells = []
+        for c in cols:
+            vals = [per_seed[sd]["tables"][key][c][name] for sd in seeds if name in per_seed[sd]["tables"][key][c]]
+            if not vals:
+                cells.append("-")
+                continue
+            means = [v["shift_mean"] for v in vals]
+            sd = statistics.stdev(means) if len(means) > 1 else 0.0
+            margin = min(v["vs_best_static"] for v in vals)
+            cells.append(f"{statistics.mean(means):.1f} ± {sd:.1f} (min Δ {margin:+.1f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_lab(args: argparse.Namespace, seed_world: int) -> dict[str, Any]:
+    """Every table of the command line's grid on one world; printed as it goes."""
     t0 = time.perf_counter()
     domains = [d for d in args.domains.split(",") if d]
-    world = _world(args.seed_world, args.recipe)
+    world = _world(seed_world, args.recipe)
     cache = load_logits(domains, world, per_domain=args.per_domain, seed=args.seed)
     engine = [m for m in args.engine.split(",") if m]
     step = 20 // (int(args.alphas) - 1)
     sub = LabLogits(cache.alphas[::step], {k: v[::step] for k, v in cache.logits.items()}, cache.labels,
                     cache.world, cache.shift_hash, cache.seed)
-    print(f"== objective lab: world {cache.world} (seed {args.seed_world}), shift code {cache.shift_hash}, "
+    print(f"== objective lab: world {cache.world} (seed {seed_world}), shift code {cache.shift_hash}, "
           f"{len(domains)} domains x {len(cache.labels)} images, α grid {sub.alphas} "
           f"(logits ready in {time.perf_counter() - t0:.0f} s)", flush=True)
-    out: dict[str, Any] = {"world": cache.world, "seed_world": args.seed_world, "shift_hash": cache.shift_hash,
+    out: dict[str, Any] = {"world": cache.world, "seed_world": seed_world, "shift_hash": cache.shift_hash,
                            "alphas": sub.alphas, "domains": domains, "tables": {}}
     choosers = [c for c in args.choosers.split(",") if c]
+    variants = json.loads(args.variants) if args.variants else None
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         for setting in args.settings.split(","):
             results = {}
@@ -507,7 +525,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if schedule == "mixed" and setting == "reset_each_shift":
                     continue  # one domain: nothing to reset
                 s = lab_stream(sub, order, schedule or "continual", bs, setting)
-                rows = evaluate(s, choosers)
+                rows = evaluate(s, choosers, variants)
                 if engine:
                     rows |= engine_rows(world, domains, order, schedule or "continual", bs, setting, engine,
                                         args.per_domain, args.seed)
@@ -521,7 +539,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"\n{key} (shift mean %, clean in brackets; * reads the labels)\n" + _table(results, [setting]),
                   flush=True)
     out["seconds"] = time.perf_counter() - t0
-    print(f"\ntotal {out['seconds']:.0f} s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--domains", default=",".join(LAB_DOMAINS), help="comma-separated, the first in distribution")
+    p.add_argument("--streams", default=",".join(f"{o}/{s}" for o, s in STREAM_TYPES),
+                   help="comma-separated ORDER/SCHEDULE pairs (default: the README's four)")
+    p.add_argument("--settings", default="continual,reset_each_shift")
+    p.add_argument("--batch-sizes", default="64")
+    p.add_argument("--choosers", default=",".join(CHOOSERS))
+    p.add_argument("--alphas", default="11", help="grid: a number of equally spaced αs (a divisor of the cache's "
+                   "21 minus one: 11, 6, 5, 3) or 21 (default 11, step 0.1)")
+    p.add_argument("--per-domain", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0, help="stream seed (test subset, shift draws, orders)")
+    p.add_argument("--seed-worlds", default="0", help="comma-separated EmbeddedRecipe seeds (0: the demo's world; "
+                   "others are trained on first use, about 8 minutes each); with several, mean ± sd tables follow")
+    p.add_argument("--recipe", default="full")
+    p.add_argument("--engine", default="",
+                   help="comma-separated registered methods to run with the real engine on the same streams "
+                        "(e.g. adawise,adawise-windowed; minutes per stream on a CPU)")
+    p.add_argument("--variants", default=None,
+                   help='JSON: extra rows of the simulated windowed method with other options, e.g. '
+                        '\'{"no mix": {"mix_threshold": null}, "no restart": {"restart": false}}\'')
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    per_seed = {sw: run_lab(args, sw) for sw in [int(x) for x in args.seed_worlds.split(",")]}
+    out: dict[str, Any] = per_seed[min(per_seed)] if len(per_seed) == 1 else {"seeds": per_seed}
+    if len(per_seed) > 1:
+        for key in per_seed[min(per_seed)]["tables"]:
+            print(f"\n{key}: shift mean %, mean ± sd over worlds (min Δ: the smallest margin over the best "
+                  "static α of the same world)\n" + _seed_table(per_seed, key), flush=True)
+    out["seconds_total"] = time.perf_counter() - t0
+    print(f"\ntotal {out['seconds_total']:.0f} s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -498,7 +498,7 @@ class AdaWiSE(WeightSpaceMethod):
             is ``window_weight`` (3) x KL (``window_divergence``) ramped by how full it is; it restarts at
             a detected drift (``window_restart``; the detector then watches the entropy part only).
         mix_threshold, mix_cap: after the prediction's α is chosen, rows whose entropy there exceeds
-            ``mix_threshold`` x log(classes) (at most ``mix_cap`` of them, the most uncertain) are mixed
+            ``mix_threshold`` x log(classes) (at most a ``mix_cap`` share of the batch, the most uncertain) are mixed
             per sample with the zero-shot model by DaWin's weight (one zero-shot pass over those rows; the
             call then returns log-probabilities). ``None``: off (``adawise-windowed``: 0.3).
         seed: seed of the optimizer's private generator (runs never read the global RNG).
@@ -568,6 +568,8 @@ class AdaWiSE(WeightSpaceMethod):
             raise ValueError(f"window_fill must be >= 1, got {opts['window_fill']}")
         if not float(opts["window_stride"]) >= 1.0:
             raise ValueError(f"window_stride (images per window row) must be >= 1, got {opts['window_stride']}")
+        if opts["mix_cap"] is not None and not 0.0 < float(opts["mix_cap"]) <= 1.0:
+            raise ValueError(f"mix_cap must be None or a share of the batch in (0, 1], got {opts['mix_cap']}")
         if opts["mix_threshold"] is not None and not 0.0 <= float(opts["mix_threshold"]) <= 1.0:
             raise ValueError(f"mix_threshold must be None or a fraction of log(classes) in [0, 1], "
                              f"got {opts['mix_threshold']}")
@@ -712,9 +714,9 @@ class AdaWiSE(WeightSpaceMethod):
         sel = torch.zeros(n, dtype=torch.bool, device=logits.device)
         if o["mix_threshold"] is not None and logits.shape[-1] > 1:
             sel = h > float(o["mix_threshold"]) * math.log(logits.shape[-1])
-            cap = o["mix_cap"]
-            if cap is not None and int(sel.sum()) > int(cap):
-                sel &= h >= h[sel].topk(int(cap)).values[-1]
+            cap = None if o["mix_cap"] is None else max(int(float(o["mix_cap"]) * n), 1)
+            if cap is not None and int(sel.sum()) > cap:
+                sel &= h >= h[sel].topk(cap).values[-1]
         mixed = torch.nonzero(sel).flatten().to(device)
         need = torch.unique(torch.cat([mixed, wrows]))
         out = torch.log_softmax(logits.float(), -1)
@@ -958,5 +960,5 @@ register("adawise-infomax")(_variant("infomax"))
 register("adawise-anchored")(_variant("anchored"))
 #: the registered configuration of ``adawise-windowed``: one for every stream type (objective lab and
 #: real-engine runs in docs/adaptive_alpha.md)
-WINDOWED_DEFAULTS: dict[str, Any] = {"mix_threshold": 0.3}
+WINDOWED_DEFAULTS: dict[str, Any] = {"mix_threshold": 0.3, "mix_cap": 0.5}
 register("adawise-windowed")(_variant("windowed", **WINDOWED_DEFAULTS))
