@@ -29,6 +29,7 @@ Usage::
     python benchmarks/objective_lab.py --seed-world 1 --json runs/lab_s1.json   # another world (trained if absent)
     python benchmarks/objective_lab.py --domains clean,frost,gaussian_noise:3   # shifts not tuned on
     python benchmarks/objective_lab.py --engine adawise,adawise-windowed         # + the real engine, same streams
+    python benchmarks/objective_lab.py --summarise runs/lab_s0.json,runs/lab_s1.json,runs/lab_s2.json  # mean ± sd
 
 The first run on a world computes and caches the logits (about 7 minutes on one CPU thread for 20
 domains x 2,000 images x 21 αs, the shifted images included); later runs replay in seconds (the real
@@ -565,10 +566,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         '\'{"no mix": {"mix_threshold": null}, "no restart": {"restart": false}}\'')
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
+    p.add_argument("--summarise", default=None,
+                   help="comma-separated JSON files of earlier runs on other worlds (one world each): print their "
+                        "mean ± sd tables instead of running")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    per_seed = {sw: run_lab(args, sw) for sw in [int(x) for x in args.seed_worlds.split(",")]}
+    if args.summarise:
+        loaded = [json.loads(Path(f).read_text()) for f in args.summarise.split(",")]
+        per_seed = {int(d["seed_world"]): d for d in loaded}
+    else:
+        per_seed = {sw: run_lab(args, sw) for sw in [int(x) for x in args.seed_worlds.split(",")]}
     out: dict[str, Any] = per_seed[min(per_seed)] if len(per_seed) == 1 else {"seeds": per_seed}
     if len(per_seed) > 1:
         for key in per_seed[min(per_seed)]["tables"]:
