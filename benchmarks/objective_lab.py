@@ -291,7 +291,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
                        mix_threshold: float | None = 0.3, restart: bool = True, drift_z: float = 4.0,
                        drift_min_rel: float = 0.05, drift_beta: float = 0.2,
                        drift_on: str = "entropy", mix_cap: float | None = 0.5,
-                       divergence: str = "kl") -> tuple[Tensor, Tensor]:
+                       divergence: str = "kl", ramp: bool = True) -> tuple[Tensor, Tensor]:
     """``adawise-windowed`` simulated online with what it computes, the BO search replaced by the exact
     grid minimum: per batch the mean entropy at each α + ``weight`` x min(1, held/rows) x KL of the window's
     proportions at α to those at α = 0; the window holds the last ``rows`` rows (one row per ``stride``
@@ -323,7 +323,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
     def objective(b: int) -> Tensor:
         pw = held.mean(0)
         div = _kl(pw, pw[:1]) if divergence == "kl" else 0.5 * (pw - pw[:1]).abs().sum(-1)
-        return ent[:, b] + weight * min(1.0, len(held) / rows) * div
+        return ent[:, b] + weight * (min(1.0, len(held) / rows) if ramp else 1.0) * div
 
     for b in range(s.nb):
         st, n = starts[b], int(counts[b])
@@ -419,7 +419,8 @@ def evaluate(s: LabStream, choosers: Sequence[str] = tuple(CHOOSERS),
     rows["per-domain oracle *"] = {**summarise(oracle, id_domain), "per_domain": oracle}
     rows["per-sample oracle *"] = {**summarise(per_domain(s, correct.any(0)), id_domain)}
     calls = [(name, CHOOSERS[name]) for name in choosers]
-    calls += [(f"windowed, {name}", lambda st, kw=kw: windowed_simulated(st, **kw)) for name, kw in (variants or {}).items()]
+    calls += [(f"windowed, {name}", lambda st, kw=kw: windowed_simulated(st, **kw))
+              for name, kw in (variants or {}).items()]
     for name, chooser in calls:
         result = chooser(s)
         hits, choice = result if isinstance(result, tuple) else (hits_of(s, result), result)

@@ -84,7 +84,7 @@ def test_penalty_is_zero_when_the_models_agree_and_grows_with_collapse():
     collapse = ProportionWindow(rows=40)
     collapse.add(z, 0.5 * (z + sink), sink, 0.5)
     values = [collapse.penalty(a) for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    assert values[0] == pytest.approx(0.0, abs=1e-6) and all(b > a for a, b in zip(values, values[1:]))
+    assert values[0] == pytest.approx(0.0, abs=1e-6) and all(b > a for a, b in zip(values, values[1:], strict=False))
     half = ProportionWindow(rows=80)  # the same rows in a window half full: the ramp halves the penalty
     half.add(z, 0.5 * (z + sink), sink, 0.5)
     assert half.penalty(1.0) == pytest.approx(0.5 * values[-1], rel=1e-5)
