@@ -424,7 +424,7 @@ def test_tda_batch_update_classifies_with_the_caches_before_the_batch(batch) -> 
 
 
 def test_tda_refuses_models_without_features_and_bad_options(tiny_pair) -> None:
-    with pytest.raises(InputTypeError, match="tda needs image features.*lacks encode, classify"):
+    with pytest.raises(InputTypeError, match="tda needs the zero-shot model to expose encode.*lacks encode, classify"):
         adawise.make_method("tda", zeroshot=nn.Linear(3, 2), finetuned=nn.Linear(3, 2))
     zs, ft = tiny_pair
     for bad in ({"pos_capacity": -1}, {"neg_alpha": float("inf")}, {"neg_entropy": (0.5, 0.2)},

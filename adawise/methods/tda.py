@@ -61,27 +61,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adawise.errors import DataError, InputTypeError, UsageError
+from adawise.errors import DataError, UsageError
 from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_alpha, merged_copy
 from adawise.objectives import entropy
+from adawise.zsf import check_encodes
 
 __all__ = ["TDA", "FeatureCache", "head_scale", "UPDATES"]
 
 UPDATES = ("sample", "batch")
 #: the logit scale the reference's cache weights are sized for (CLIP: 100 · f·W)
 REFERENCE_SCALE = 100.0
-
-
-def check_features(model: nn.Module, role: str) -> None:
-    """Refuse a model without ``encode(images)`` / ``classify(features)``, saying what TDA needs."""
-    missing = [m for m in ("encode", "classify") if not callable(getattr(model, m, None))]
-    if missing:
-        raise InputTypeError(
-            f"tda needs image features: the {role} model must expose encode(images) -> features and "
-            f"classify(features) -> logits; {type(model).__name__} lacks {', '.join(missing)}. Wrap it in "
-            "adawise.CLIPClassifier (adawise.load_pair builds those) or add the two methods.")
 
 
 def head_scale(model: nn.Module) -> float:
@@ -248,7 +239,7 @@ class TDA(Method):
         if alpha is None:
             if zeroshot is None:
                 raise UsageError("tda needs the zero-shot model (zeroshot=...), the model it adapts")
-            check_features(zeroshot, "zero-shot")
+            check_encodes(zeroshot, "zero-shot", "tda")
             self._keep(zeroshot=zeroshot)
             self.__dict__["_model"] = zeroshot  # a given model: read only, run under evaluating()
             self._alpha = 0.0
@@ -256,7 +247,7 @@ class TDA(Method):
             check_alpha(alpha, "tda")
             if zeroshot is None or finetuned is None:
                 raise UsageError("tda with alpha= needs both endpoints (zeroshot=..., finetuned=...)")
-            check_features(finetuned, "fine-tuned")
+            check_encodes(finetuned, "fine-tuned", "tda")
             self.merged = merged_copy(zeroshot, finetuned, alpha, "tda").requires_grad_(False)
             self.__dict__["_model"] = self.merged
             self._keep(zeroshot=zeroshot, finetuned=finetuned)
