@@ -10,6 +10,7 @@ caches return the zero-shot logits exactly. Both: reset() reproduces a run exact
 from __future__ import annotations
 
 import copy
+import json
 import math
 import operator
 
@@ -482,3 +483,57 @@ def test_both_are_registered_as_adapting_label_free_methods(tiny_pair) -> None:
         method = adawise.make_method(name, zeroshot=zs, finetuned=ft)
         assert method.name == name and method.adapts and not method.uses_labels
         assert copy.deepcopy(method.options()) == method.options()
+
+
+# ------------------------------------------------------------------------------------------ logs and the CLI
+def _untimed(record: dict) -> dict:
+    return {k: v for k, v in record.items() if not k.startswith("seconds") and k != "started"}
+
+
+@pytest.mark.parametrize("name", ["tent", "tda"])
+def test_a_resumed_log_equals_an_uninterrupted_run(tiny_pair, tmp_path, name) -> None:
+    """Resume replays the logged batches through the method, so its adapted state is rebuilt exactly."""
+    from adawise.logs import read_jsonl
+
+    zs, ft = tiny_pair
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(24, 3, 32, 32, generator=gen), torch.randint(0, 5, (24,), generator=gen)
+    opts = {"lr": 1e-2} if name == "tent" else {}
+
+    def run(log, resume=False):
+        method = adawise.make_method(name, zeroshot=zs, finetuned=ft, **opts)
+        return adawise.run_stream(method, _stream(x, y, 4), log=log, progress=False, resume=resume)
+
+    full = run(tmp_path / "full.jsonl")
+    cut = tmp_path / "cut.jsonl"
+    lines = (tmp_path / "full.jsonl").read_text().splitlines(keepends=True)
+    cut.write_text("".join(lines[:4]))  # the header and three batches: killed there
+    resumed = run(cut, resume=True)
+    assert [_untimed(r) for r in resumed.records] == [_untimed(r) for r in full.records]
+    batches = [[_untimed(r) for r in read_jsonl(log) if r["type"] == "batch"] for log in (cut, tmp_path / "full.jsonl")]
+    assert batches[0] == batches[1] and len(batches[0]) == 6
+
+
+def test_adawise_run_takes_tent_and_tda_with_their_options(tmp_path) -> None:
+    from conftest import TINY_CLIP_CFG
+    from imagenet_r_fixture import make_imagenet_r_folder
+
+    from adawise.cli import main as cli_main
+    from adawise.logs import read_run
+
+    root = make_imagenet_r_folder(tmp_path / "imagenet-r", renditions=["art", "cartoon"], per_class=1)
+    arch = tmp_path / "tiny.json"
+    arch.write_text(json.dumps(TINY_CLIP_CFG))
+    out = tmp_path / "out"
+    rc = cli_main(["run", "--data", str(root), "--arch", str(arch), "--pretrained", "none", "--finetuned", "none",
+                   "--templates", "simple", "--methods", "tent,tda", "--method-option", "tent.lr=0.001",
+                   "--method-option", "tda.update=batch", "--batch-size", "16", "--device", "cpu", "--out", str(out),
+                   "--workers", "0", "--head-cache-dir", str(tmp_path / "heads"), "--no-progress"])
+    assert rc == 0
+    tent, tda = read_run(out / "tent.jsonl"), read_run(out / "tda.jsonl")
+    assert tent["complete"] and tda["complete"]
+    assert tent["header"]["options"]["lr"] == 0.001 and tda["header"]["options"]["update"] == "batch"
+    assert all(r["updated"] for r in tent["batches"]) and tda["batches"][-1]["pos_entries"] > 0
+    # a bad option value is refused before any model is loaded (exit code 2, one line naming it)
+    assert cli_main(["run", "--data", str(root), "--arch", str(arch), "--pretrained", "none", "--finetuned", "none",
+                     "--methods", "tent", "--method-option", "tent.lr=-1", "--out", str(tmp_path / "bad")]) == 2
