@@ -107,16 +107,26 @@ def _check(images: Tensor, name: str, severity: int) -> None:
         raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
 
 
-def _check_range(images: Tensor, clamp: bool, indices: Tensor | None = None) -> None:
+_ONE_BITS = 0x3F800000
+"""The bit pattern of float32 1.0: as int32, the patterns of +0.0 .. 1.0 are exactly 0 .. this (NaN,
+negative values and -0.0 fall outside), so one integer min/max pass checks the range and NaN at once."""
+
+
+def _check_range(images: Tensor, clamp: bool, indices: Tensor | None = None) -> bool:
     """Refuse NaN, values outside [0, 1] unless ``clamp``, and negative ``indices`` (GPU tensors, which
-    :func:`check_indices` leaves to this check): one host sync per call on a GPU."""
-    stats = torch.stack(torch.aminmax(images))
+    :func:`check_indices` leaves to this check): one host sync per call on a GPU. ``images`` is float32.
+
+    Returns whether some value lies outside [+0.0, 1.0] (what ``clamp`` then clips; -0.0 included).
+    """
+    stats = torch.stack(torch.aminmax(images.view(torch.int32))).to(torch.int64)
     if indices is not None and indices.device.type != "cpu":
-        stats = torch.cat([stats, indices.min().to(stats.dtype)[None]])
+        stats = torch.cat([stats, indices.min()[None]])
     values = stats.tolist()
     if len(values) > 2 and values[2] < 0:
         raise ValueError("indices must be non-negative dataset indices")
-    low, high = (float(v) for v in values[:2])
+    if values[0] >= 0 and values[1] <= _ONE_BITS:
+        return False
+    low, high = (float(v) for v in torch.aminmax(images))
     if math.isnan(low) or math.isnan(high):
         count = int(torch.isnan(images).sum())
         raise ValueError(f"images contain {count} NaN value(s); replace them first (e.g. torch.nan_to_num)")
@@ -125,6 +135,7 @@ def _check_range(images: Tensor, clamp: bool, indices: Tensor | None = None) -> 
             f"images must be in [0, 1], got values from {low:.4g} to {high:.4g} (normalised images? pass "
             "[0, 1] images, with normalisation inside the model, or clamp=True to clip them to [0, 1])"
         )
+    return True
 
 
 def _groups(name: str, batch: int, per_image: int, device: torch.device) -> list[tuple[int, int]]:
@@ -181,8 +192,8 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int = 0,
     with torch.no_grad():
         for start, stop in groups:
             group = x[start:stop].float()
-            _check_range(group, clamp, None if index_tensor is None else index_tensor[start:stop])
-            if clamp:
+            outside = _check_range(group, clamp, None if index_tensor is None else index_tensor[start:stop])
+            if clamp and outside:
                 group = group.clamp(0, 1)
             draws = None
             if name in RANDOM_CORRUPTIONS:
