@@ -207,17 +207,45 @@ def test_colour_corruptions_match_reference_formulas():
     assert torch.allclose(bright[0, :, 0, 0], torch.tensor([0.225, 0.45, 0.9]), atol=1e-6)
 
 
-def test_pixelate_matches_pil_box_round_trip():
+def _pil_pixelate(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """make_imagenet_c.py's pixelate on a uint8 ``H x W x 3`` array: PIL BOX down, BOX back up."""
     from PIL import Image
 
+    image = Image.fromarray(array)
+    return np.asarray(image.resize((width, height), Image.BOX).resize(image.size, Image.BOX))
+
+
+def test_pixelate_is_pil_box_on_8_bits_on_every_path():
+    """Both implementations (PIL's downscale + one gather on the CPU; the fixed-point int32 emulation
+    the other devices run, here on the CPU) give PIL's bytes exactly, at odd and non-square sizes, with
+    both orders of the passes (Pillow 13 starts with the vertical one when the height shrinks most)."""
+    from streams import _pixelate
+
     rng = np.random.default_rng(0)
-    image = rng.random((50, 50)).astype(np.float32)
-    x = torch.from_numpy(image).expand(1, 3, 50, 50)
+    shapes = [(50, 50, 30, 30), (37, 53, 14, 21), (53, 37, 21, 14), (64, 20, 16, 18), (90, 12, 22, 11),
+              (9, 31, 3, 29), (5, 7, 1, 1), (1, 1, 1, 1), (28, 28, 11, 11), (224, 224, 67, 67), (30, 30, 30, 12)]
+    for h, w, height, width in shapes:
+        images = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        expected = np.stack([_pil_pixelate(image, height, width) for image in images])
+        levels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        ours = _pixelate.pixelate(levels, height, width).permute(0, 2, 3, 1).numpy()
+        emulated = _pixelate._upscale(_pixelate._downscale_torch(levels, height, width), h, w, None, False)
+        assert np.array_equal(ours, expected), (h, w, height, width)
+        assert np.array_equal(emulated.permute(0, 2, 3, 1).numpy(), expected), (h, w, height, width)
+    # floats are rounded to 8-bit levels first (half up), the result is levels / 255
+    x = torch.rand(2, 3, 40, 44, generator=torch.Generator().manual_seed(0))
+    levels = (x * 255 + 0.5).floor().to(torch.uint8)
+    assert torch.equal(_pixelate.pixelate(x, 16, 17), _pixelate.pixelate(levels, 16, 17).float() * np.float32(1 / 255))
+
+
+def test_pixelate_through_corrupt_is_the_reference_exactly():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 60, 45, 3), dtype=np.uint8)
+    u = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     for severity, factor in enumerate((0.6, 0.5, 0.4, 0.3, 0.25), start=1):
-        small = Image.fromarray(image, mode="F").resize((int(50 * factor),) * 2, Image.BOX)
-        reference = np.asarray(small.resize((50, 50), Image.BOX))
-        ours = corrupt(x, "pixelate", severity)[0, 0].numpy()
-        assert np.abs(ours - reference).max() < 1e-5
+        expected = np.stack([_pil_pixelate(image, int(60 * factor), int(45 * factor)) for image in images])
+        floats = corrupt(u.float() / 255, "pixelate", severity)
+        assert torch.equal(_levels(floats).to(torch.uint8), torch.from_numpy(expected).permute(0, 3, 1, 2)), severity
 
 
 def _levels(x: torch.Tensor) -> torch.Tensor:
