@@ -64,7 +64,7 @@ from torch import Tensor
 from streams._corruption_ops import FUNCTIONS, WRITES_OUT, takes_uint8
 from streams._frost import SOURCES as FROST_SOURCES
 from streams._jpeg import codec_jpeg, jpeg
-from streams._levels import truncate_to_uint8
+from streams._levels import truncate_to_uint8, unit_from_uint8
 from streams._rng import Draws, check_indices, check_seed, image_keys
 
 CORRUPTIONS: tuple[str, ...] = (
@@ -252,8 +252,8 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int = 0,
             group = x[start:stop]
             if uint8:
                 _check_device_indices(ids)
-                if not on_levels:  # the float batch u.float() / 255, exactly
-                    group = group.contiguous().float().div_(255.0)
+                if not on_levels:
+                    group = unit_from_uint8(group)  # exactly u.float() / 255
             else:  # contiguous: the functions' views need it (a channels-last batch is copied)
                 group = group.float().contiguous()
                 if _check_range(group, clamp, ids) and clamp:
