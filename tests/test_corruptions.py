@@ -398,6 +398,11 @@ def test_cuda_matches_cpu():
             # jpeg_compression: libjpeg on the CPU, the batched simulation on CUDA (about 0.003 apart).
             limit = 0.006 if name == "jpeg_compression" else 1e-3
             assert difference.mean() < limit and (difference > 1e-3).float().mean() < 2e-2, (name, severity)
+            if name == "pixelate":  # PIL's 8-bit arithmetic on both devices
+                assert torch.equal(gpu.cpu(), cpu), severity
+            u = (x * 255).round().to(torch.uint8).cuda()  # uint8 on the GPU: the truncated float result
+            expected = torch.floor(corrupt(u.float() / 255, name, severity, seed=4) * 255.0 + 1e-3).to(torch.uint8)
+            assert torch.equal(corrupt(u, name, severity, seed=4), expected), (name, severity)
     indices = torch.tensor([3, 9])
     assert torch.allclose(corrupt(x.cuda(), "fog", 3, seed=1, indices=indices.cuda()).cpu(),
                           corrupt(x, "fog", 3, seed=1, indices=indices), atol=1e-4)
