@@ -131,11 +131,8 @@ def _upscale(small: Tensor, height: int, width: int, out: Tensor | None, as_floa
     ``as_float``; into ``out`` when given."""
     h, w = small.shape[-2:]
     rows, cols = replication_index(h, height, small.device), replication_index(w, width, small.device)
-    if rows is None or cols is None:  # not an upscale (a side that pixelate leaves as it is, or grows)
-        wide = _fixed_point_pass(small.to(torch.int32), width, -1)
-        result = _fixed_point_pass(wide, height, -2).to(torch.uint8)
-        result = from_uint8(result) if as_float else result
-        return result if out is None else out.copy_(result)
+    if rows is None or cols is None:
+        raise ValueError(f"pixelate upscales {h} x {w} back to {height} x {width}: no side may shrink")
     b, c = small.shape[:2]
     wide = small.gather(3, cols.view(1, 1, 1, width).expand(b, c, h, width))  # 2.5x index_select's speed
     if as_float:
