@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from adawise import options as check
 from adawise.errors import AccessError, MissingFileError, UsageError
@@ -244,6 +244,24 @@ def _method_options(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]]
     return opts, flags
 
 
+class _StandIn(nn.Module):
+    """A tiny classifier for option checks: a layer norm (what ``tent`` adapts) and ``encode`` / ``classify``
+    with a ``head`` (what ``tda`` reads), so every method's constructor can run its own checks on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.head = nn.LayerNorm(2), nn.Linear(2, 2)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return nn.functional.normalize(self.norm(x), dim=-1)
+
+    def classify(self, features: Tensor) -> Tensor:
+        return self.head(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classify(self.encode(x))
+
+
 def check_method_options(methods: Sequence[str], opts: Mapping[str, Mapping[str, Any]],
                          flags: Mapping[tuple[str, str], str] | None = None) -> None:
     """Refuse options no method can take: an unknown method name, an unknown key, a value the method's
@@ -272,7 +290,7 @@ def check_method_options(methods: Sequence[str], opts: Mapping[str, Mapping[str,
                 check.input_file(o["index"], flags.get(("vrf", "index"), "vrf.index"), "ZSF index file")
             continue
         torch.manual_seed(0)
-        stand_in = (nn.Linear(2, 2), nn.Linear(2, 2))
+        stand_in = (_StandIn(), _StandIn())
         try:
             make_method(name, zeroshot=stand_in[0], finetuned=stand_in[1], **o)
         except (TypeError, ValueError) as err:

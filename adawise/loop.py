@@ -294,7 +294,7 @@ def _load_resume(path: Path, header: dict[str, Any]) -> tuple[list[dict[str, Any
     except LogError as err:
         raise ResumeError(f"cannot resume: {err}") from None
     batches = [r for r in records if r.get("type") == "batch"]
-    for r in batches:
+    for r in records[1:]:  # every batch record and the summary carry the run's config hash
         if r.get("method") != header["method"] or r.get("config_hash") != header["config_hash"]:
             raise ResumeError(f"cannot resume {path}:{r['_line']}: a record of another run (method "
                               f"{r.get('method')!r}, config_hash {r.get('config_hash')}); the log was edited or merged")
@@ -489,7 +489,7 @@ def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: 
                 "type": "summary", "method": method.name, "setting": setting, "accuracy": result.accuracy,
                 "per_domain": result.per_domain, "n": sum(r["n"] for r in records),
                 "correct": sum(r["correct"] for r in records), "batches": len(records),
-                "seconds": elapsed, "skipped": [list(s) for s in skipped],
+                "seconds": elapsed, "skipped": [list(s) for s in skipped], "config_hash": config_hash,
             })
             table = f"{method.name} ({setting}, seed {seed})\n{result.table()}\n"
             if skipped:

@@ -323,12 +323,13 @@ class ZSFIndex:
 # ----------------------------------------------------------------------------------------- building
 
 
-def check_encodes(model: nn.Module, role: str) -> None:
-    """Raise a clear error if ``model`` lacks ``encode(images)`` / ``classify(features)``."""
+def check_encodes(model: nn.Module, role: str, method: str = "VRF") -> None:
+    """Raise a clear error if ``model`` lacks ``encode(images)`` / ``classify(features)`` (``method``: who needs
+    them, named in the message)."""
     missing = [m for m in ("encode", "classify") if not callable(getattr(model, m, None))]
     if missing:
         raise InputTypeError(
-            f"VRF needs the {role} model to expose encode(images) -> normalised features and "
+            f"{method} needs the {role} model to expose encode(images) -> normalised features and "
             f"classify(features) -> logits; {type(model).__name__} lacks {', '.join(missing)}. Wrap it in "
             "adawise.CLIPClassifier (adawise.load_pair builds those) or add the two methods."
         )

@@ -4,9 +4,11 @@ Methods (the JSON keys): ``finetuned`` (plain inference with the fine-tuned mode
 ratio 1), ``wiseft`` (one merged copy at α = 0.5), ``adawise-fast`` and ``adawise-faithful`` (entropy
 objective), ``adawise-infomax`` and ``adawise-anchored`` (fast preset), ``adawise-windowed`` (the
 registered method with its registered configuration: window passes and the per-sample zero-shot
-mix included; on random-weight towers every row is uncertain, the mix's worst case), ``vrf`` (two passes and a
-k-th-neighbour search in a Zero-Shot-Failure index of random unit features) and ``dawin`` (two
-passes). On a GPU some variants are timed too (``extra``): plain inference replayed from a CUDA
+mix included; on random-weight towers every row is uncertain, the mix's worst case), ``vrf`` (two passes
+and a k-th-neighbour search in a Zero-Shot-Failure index of random unit features), ``dawin`` (two
+passes), ``tent`` (one forward and one backward pass, one SGD step on the normalisation layers' affine
+parameters of its own copy) and ``tda`` (one zero-shot pass, its features and the positive and negative
+caches' affinity logits). On a GPU some variants are timed too (``extra``): plain inference replayed from a CUDA
 graph, AdaWiSE fast without CUDA graphs, with a bf16 live model, with private masters, and with
 the probe interval backing off (``probe_backoff=2``).
 
@@ -71,7 +73,7 @@ from adawise.models.clip import CLIPClassifier  # noqa: E402
 from adawise.weights import WeightSpace  # noqa: E402
 
 METHODS = ("finetuned", "wiseft", "adawise-fast", "adawise-faithful", "adawise-infomax", "adawise-anchored",
-           "adawise-windowed", "vrf", "dawin")
+           "adawise-windowed", "vrf", "dawin", "tent", "tda")
 EXTRAS = ("finetuned-cudagraph", "adawise-fast-eager", "adawise-fast-bf16live", "adawise-fast-private",
           "adawise-fast-backoff")
 ADAWISE = tuple(m for m in METHODS + EXTRAS if m.startswith("adawise"))
@@ -208,7 +210,7 @@ def build(name: str, world: dict[str, Any], amp: torch.dtype | None, device: tor
           index: Any) -> nn.Module:
     """The method called ``name`` on the world's pair (the endpoint models are only read)."""
     zs, ft = world["zeroshot"], world["finetuned"]
-    if name in ("finetuned", "dawin"):
+    if name in ("finetuned", "dawin", "tent", "tda"):
         return adawise.make_method(name, zeroshot=zs, finetuned=ft)
     if name == "wiseft":
         return adawise.make_method("wiseft", zeroshot=zs, finetuned=ft, alpha=0.5)

@@ -1,5 +1,5 @@
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-# The GPU checks of adawise in one run (about 5 minutes; every part has its own time limit, 8.5
+# The GPU checks of adawise in one run (about 5.5 minutes; every part has its own time limit, 9.2
 # minutes in all at worst; bench_step writes its JSON after every repeat, so a part cut short still
 # leaves figures). Run from the repository root on the GPU machine, carrying .whl/ (the open_clip,
 # ftfy and wcwidth wheels; .whl/pytest/ holds pytest for a machine without it):
@@ -33,9 +33,10 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, output tee'd in
         || echo "FAILED imports"
 } 2>&1 | tee -a "$LOG"
 
-part "bench_step ViT-B-16" 130 python3 benchmarks/bench_step.py --device cuda --model ViT-B-16 \
+# bench_step's default methods include the TTA baselines tent (a backward pass per batch) and tda
+part "bench_step ViT-B-16" 160 python3 benchmarks/bench_step.py --device cuda --model ViT-B-16 \
     --json "$OUT/step_vitb16.json"
-part "bench_step ViT-L-14" 120 python3 benchmarks/bench_step.py --device cuda --model ViT-L-14 \
+part "bench_step ViT-L-14" 150 python3 benchmarks/bench_step.py --device cuda --model ViT-L-14 \
     --repeats 2 --batches-per-domain 16 --faithful-batches 3 --micro-reps 10 \
     --extras finetuned-cudagraph,adawise-fast-eager,adawise-fast-bf16live --json "$OUT/step_vitl14.json"
 part "bench_knn cuda" 30 python3 benchmarks/bench_knn.py --devices cuda --json "$OUT/knn_gpu.json"

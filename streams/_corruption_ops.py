@@ -2,8 +2,9 @@
 
 Each takes a group of images ``[B, 3, H, W]`` (float32, in [0, 1]), the severity and the group's
 :class:`streams._rng.Draws` (``None`` for the deterministic ones) and returns the corrupted group
-(clamped by the caller, except for those in :data:`WRITES_OUT`, which also take ``out=``). Constants,
-references and the rules for other image sizes: the docstring of :mod:`streams.corruptions`.
+(clamped by the caller, except for those in :data:`WRITES_OUT`, which also take ``out=``); those for
+which :func:`takes_uint8` holds also take uint8 groups, returning uint8. Constants, references and
+the rules for other image sizes: the docstring of :mod:`streams.corruptions`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from streams import _imageops as ops
 from streams._frost import frost_layer
 from streams._jpeg import jpeg
 from streams._noise import fog_field
+from streams._pixelate import pixelate
 from streams._rng import Draws
 
 _REFERENCE_SIZE = 224
@@ -229,13 +231,15 @@ def _smoothing_gain(sigma: float) -> float:
 
 
 def _pixelate(x: Tensor, severity: int, draws: Draws | None, out: Tensor | None = None) -> Tensor:
+    """PIL ``BOX`` down to ``int(side * c)`` and back, on 8 bits (:mod:`streams._pixelate`); ``x`` float in
+    [0, 1] or uint8, the result of the same dtype."""
     factor = (0.6, 0.5, 0.4, 0.3, 0.25)[severity - 1]
     h, w = x.shape[-2:]
-    small = ops.box_resize(x, max(1, int(h * factor)), max(1, int(w * factor))).clamp(0, 1)
-    return ops.box_resize(small, h, w, out=out)  # BOX upscaling only selects: in [0, 1]
+    return pixelate(x, max(1, int(h * factor)), max(1, int(w * factor)), out=out)
 
 
 def _jpeg_compression(x: Tensor, severity: int, draws: Draws | None, out: Tensor | None = None) -> Tensor:
+    """libjpeg round trip (the CPU; ``x`` float in [0, 1] or uint8) or its simulation (CUDA, floats)."""
     quality = (25, 18, 15, 10, 7)[severity - 1]
     return jpeg(x, quality, out)
 
@@ -261,3 +265,9 @@ FUNCTIONS: dict[str, _CorruptionFn] = {
 }
 #: corruptions whose function takes ``out=`` and returns values in [0, 1] (no clamp, one pass less)
 WRITES_OUT = frozenset({"impulse_noise", "pixelate", "jpeg_compression"})
+
+
+def takes_uint8(name: str, device: torch.device) -> bool:
+    """Whether corruption ``name`` works on 8-bit levels on ``device``: its function then takes a uint8
+    group and returns uint8 (uint8 images skip the conversions to float and back)."""
+    return name == "pixelate" or (name == "jpeg_compression" and device.type == "cpu")

@@ -2,9 +2,11 @@
 
 Two paths with one result up to rounding:
 
-- on the CPU, :func:`codec_jpeg` runs libjpeg itself (``torchvision.io.encode_jpeg`` /
-  ``decode_jpeg``, libjpeg-turbo: byte-identical to PIL's ``Image.save(..., "JPEG", quality=q)`` and
-  decode, i.e. the reference's own computation; PIL if torchvision's image extension is missing);
+- on the CPU, :func:`codec_jpeg` runs libjpeg itself on uint8 images (PIL's encoder or
+  ``torchvision.io.encode_jpeg``, whichever takes the images' memory layout without a strided copy,
+  and ``decode_jpeg``: libjpeg-turbo, byte-identical to PIL's ``Image.save(..., "JPEG", quality=q)``
+  and decode, i.e. the reference's own computation; PIL alone if torchvision's image extension is
+  missing), decoding straight into the output (uint8, or float32 levels / 255);
 - elsewhere (CUDA), :func:`simulate_jpeg`: the baseline pipeline as batched tensor ops (JFIF YCbCr,
   4:2:0 chroma, 8x8 DCT quantisation with the Annex K tables scaled by libjpeg's rule, fancy chroma
   upsampling), within about 0.003 mean absolute of libjpeg's output, with no host round trip.
@@ -21,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from streams._levels import to_uint8
 
 _JPEG_LUMA_TABLE = (
     (16, 11, 10, 16, 24, 40, 51, 61),
@@ -116,11 +120,6 @@ def simulate_jpeg(x: Tensor, quality: int) -> Tensor:
     return rgb / 255.0
 
 
-def to_uint8(x: Tensor) -> Tensor:
-    """``[B, C, H, W]`` in [0, 1] to uint8 by rounding half up (an 8-bit image, as PIL would hold it)."""
-    return x.mul(255.0).add_(0.5).to(torch.uint8)  # in [0.5, 255.5): truncation rounds
-
-
 @functools.lru_cache(maxsize=1)
 def _torchvision_codec() -> bool:
     """Whether torchvision's libjpeg encode/decode works here (deprecated there since 0.29: when it
@@ -137,32 +136,70 @@ def _torchvision_codec() -> bool:
         return False
 
 
-def codec_jpeg(x: Tensor, quality: int, out: Tensor | None = None) -> Tensor:
-    """libjpeg encode + decode of each image of ``x [B, 3, H, W]`` (CPU, [0, 1]) at ``quality``, into
-    ``out`` when given (float32, same shape)."""
-    pixels = to_uint8(x)
-    if _torchvision_codec():
-        from torchvision.io import decode_jpeg, encode_jpeg
+def _encode(pixels: Tensor, quality: int) -> list[Tensor]:
+    """JPEG files (uint8 byte tensors) of uint8 ``pixels [B, 3, H, W]`` at ``quality``, by libjpeg.
+
+    libjpeg reads interleaved ``H x W x 3`` rows: channels-last images go to torchvision's encoder as
+    they are; planar ones to PIL, whose ``Image.merge`` interleaves the three planes in C (faster than
+    the strided copy torchvision would make). Both write the same bytes.
+    """
+    if _torchvision_codec() and pixels.permute(0, 2, 3, 1).is_contiguous():
+        from torchvision.io import encode_jpeg
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            decoded = torch.stack(decode_jpeg(encode_jpeg(list(pixels), quality=quality)))
-    else:
-        from PIL import Image
+            return encode_jpeg(list(pixels), quality=quality)
+    from PIL import Image
 
-        frames = []
-        for image in pixels.permute(0, 2, 3, 1).numpy():
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, "JPEG", quality=quality)
-            frames.append(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
-        decoded = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    return torch.mul(decoded, 1.0 / 255.0, out=out) if out is not None else decoded.to(torch.float32).mul_(1 / 255)
+    _, _, h, w = pixels.shape
+    files = []
+    for planes in pixels.contiguous().numpy():
+        buffer = io.BytesIO()
+        bands = [Image.frombuffer("L", (w, h), plane, "raw", "L", 0, 1) for plane in planes]
+        Image.merge("RGB", bands).save(buffer, "JPEG", quality=quality)
+        files.append(torch.frombuffer(buffer.getbuffer(), dtype=torch.uint8))
+    return files
+
+
+def _decode_into(files: list[Tensor], out: Tensor) -> None:
+    """Decode JPEG ``files`` straight into ``out [B, 3, H, W]`` (uint8, or float32 levels before scaling)."""
+    if _torchvision_codec():
+        from torchvision.io import decode_jpeg
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            decoded = decode_jpeg(files)
+        for target, image in zip(out, decoded, strict=True):  # image: a [3, H, W] view of H x W x 3 rows
+            target.copy_(image)
+        return
+    from PIL import Image
+
+    for target, data in zip(out, files, strict=True):
+        image = np.asarray(Image.open(io.BytesIO(data.numpy().tobytes())).convert("RGB"))
+        target.copy_(torch.from_numpy(image).permute(2, 0, 1))
+
+
+def codec_jpeg(pixels: Tensor, quality: int, out: Tensor | None = None) -> Tensor:
+    """libjpeg encode + decode of each image of uint8 ``pixels [B, 3, H, W]`` (CPU) at ``quality``.
+
+    The decoded images are copied straight into ``out`` (uint8 levels, or float32 levels / 255 when
+    ``out`` is float32); without ``out``, a new uint8 tensor.
+    """
+    out = torch.empty(pixels.shape, dtype=torch.uint8) if out is None else out
+    _decode_into(_encode(pixels, quality), out)
+    return out if out.dtype == torch.uint8 else out.mul_(1.0 / 255.0)
 
 
 def jpeg(x: Tensor, quality: int, out: Tensor | None = None) -> Tensor:
-    """JPEG round trip at ``quality`` (into ``out`` when given): :func:`codec_jpeg` on the CPU,
-    :func:`simulate_jpeg` elsewhere."""
+    """JPEG round trip of ``x [B, 3, H, W]`` at ``quality``, into ``out`` when given.
+
+    On the CPU :func:`codec_jpeg` (floats in [0, 1] are rounded to 8-bit levels first; the result
+    has ``out``'s dtype, else ``x``'s: uint8 levels, or float32 levels / 255); elsewhere (floats only)
+    :func:`simulate_jpeg`.
+    """
     if x.device.type == "cpu":
-        return codec_jpeg(x, quality, out)
+        if out is None:
+            out = torch.empty(x.shape, dtype=torch.uint8 if x.dtype == torch.uint8 else torch.float32)
+        return codec_jpeg(x if x.dtype == torch.uint8 else to_uint8(x), quality, out)
     result = simulate_jpeg(x, quality).clamp_(0, 1)
     return result if out is None else out.copy_(result)

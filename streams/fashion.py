@@ -256,13 +256,20 @@ def scheduled_domains(domains: tuple[str, ...] | list[str], schedule: str) -> li
     return out
 
 
+#: every module that decides what a shift computes: ``streams.shifts`` and all the ``streams`` modules it
+#: imports, directly or not (``tests/test_embedded.py`` checks that none is missing)
+SHIFT_MODULES: tuple[str, ...] = (
+    "streams.shifts", "streams.corruptions", "streams._corruption_ops", "streams._imageops", "streams._noise",
+    "streams._rng", "streams._poisson", "streams._frost", "streams._jpeg", "streams._levels", "streams._pixelate",
+)
+
+
 def _shift_code_hash() -> str:
-    """Hash of the source of every module that decides what a shift computes."""
+    """Hash of the source of every module that decides what a shift computes (:data:`SHIFT_MODULES`)."""
     import importlib
 
     digest = hashlib.sha256()
-    for module in ("streams.shifts", "streams.corruptions", "streams._corruption_ops", "streams._imageops",
-                   "streams._noise", "streams._rng", "streams._poisson", "streams._frost", "streams._jpeg"):
+    for module in SHIFT_MODULES:
         digest.update(Path(importlib.import_module(module).__file__).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -102,6 +102,51 @@ def test_odd_and_non_square_sizes(shape):
         assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1, name
 
 
+UINT8_BATCHES = {
+    "5x28": torch.randint(0, 256, (5, 3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)),
+    "2x37x50": (textured(2, 50, seed=3)[..., :37, :] * 255).round().to(torch.uint8),
+}
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_uint8_images_give_the_truncated_float_result(name):
+    """uint8 in, uint8 out: exactly np.uint8(255 * result) (+ 1e-3) of the float batch u.float() / 255, at
+    every severity, with and without indices, for any memory layout, also with jpeg_roundtrip."""
+    for label, u in UINT8_BATCHES.items():
+        ids = torch.arange(len(u)) * 7 + 3
+        for severity in range(1, 6):
+            y = corrupt(u, name, severity, seed=4, indices=ids)
+            assert y.dtype == torch.uint8 and y.shape == u.shape and y.is_contiguous(), (label, severity)
+            expected = torch.floor(corrupt(u.float() / 255, name, severity, seed=4, indices=ids) * 255.0 + 1e-3)
+            assert torch.equal(y, expected.to(torch.uint8)), (label, severity)
+        channels_last = u.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(corrupt(channels_last, name, 3, seed=4), corrupt(u, name, 3, seed=4)), label
+        rounded = corrupt(u, name, 2, seed=1, jpeg_roundtrip=True)
+        expected = torch.floor(corrupt(u.float() / 255, name, 2, seed=1, jpeg_roundtrip=True) * 255.0 + 1e-3)
+        assert torch.equal(rounded, expected.to(torch.uint8)), label
+    dot = torch.full((2, 3, 1, 1), 200, dtype=torch.uint8)
+    assert corrupt(dot, name, 5).data_ptr() != dot.data_ptr()
+    assert corrupt(torch.zeros(0, 3, 8, 8, dtype=torch.uint8), name, 1).dtype == torch.uint8
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_channels_last_and_strided_float_batches_give_the_same_output(name):
+    x = BATCHES["4x32"]
+    expected = corrupt(x, name, 3, seed=6)
+    assert torch.equal(corrupt(x.contiguous(memory_format=torch.channels_last), name, 3, seed=6), expected)
+    wide = torch.cat([x, x], dim=-1)[..., ::2]  # a strided view of other values
+    assert torch.equal(corrupt(wide, name, 3, seed=6), corrupt(wide.contiguous(), name, 3, seed=6))
+
+
+def test_uint8_input_draws_match_the_float_input_without_indices():
+    """Without indices the image key hashes the content as u.float() / 255, so uint8 and float batches of
+    the same images get the same draws (a noise corruption is where that shows)."""
+    u = UINT8_BATCHES["5x28"]
+    noisy = corrupt(u, "gaussian_noise", 3, seed=9)
+    assert torch.equal(noisy, torch.floor(corrupt(u.float() / 255, "gaussian_noise", 3, seed=9) * 255.0 + 1e-3).byte())
+    assert not torch.equal(noisy, corrupt(u, "gaussian_noise", 3, seed=10))
+
+
 def test_dtype_int_like_severity_tiny_and_empty_batch():
     x = textured(1, 32).double()
     assert corrupt(x, "fog", 2).dtype == torch.float64
@@ -126,8 +171,9 @@ def test_clear_errors():
     for shape in [(3, 16, 16), (2, 1, 16, 16), (2, 4, 16, 16), (1, 2, 3, 16, 16)]:
         with pytest.raises(ValueError, match=r"\[B, 3, H, W\].*3 channels"):
             corrupt(torch.rand(shape), "fog", 1)
-    with pytest.raises(TypeError, match="floating point"):
-        corrupt(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "fog", 1)
+    for dtype in (torch.int64, torch.int16, torch.bool):
+        with pytest.raises(TypeError, match=r"floating point in \[0, 1\] or uint8.*images.float\(\) / 255"):
+            corrupt(torch.zeros(1, 3, 8, 8, dtype=dtype), "fog", 1)
     with pytest.raises(TypeError, match="torch.Tensor"):
         corrupt(np.zeros((1, 3, 8, 8)), "fog", 1)
     with pytest.raises(ValueError, match="frost_source"):
@@ -207,17 +253,46 @@ def test_colour_corruptions_match_reference_formulas():
     assert torch.allclose(bright[0, :, 0, 0], torch.tensor([0.225, 0.45, 0.9]), atol=1e-6)
 
 
-def test_pixelate_matches_pil_box_round_trip():
+def _pil_pixelate(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """make_imagenet_c.py's pixelate on a uint8 ``H x W x 3`` array: PIL BOX down, BOX back up."""
     from PIL import Image
 
+    image = Image.fromarray(array)
+    return np.asarray(image.resize((width, height), Image.BOX).resize(image.size, Image.BOX))
+
+
+def test_pixelate_is_pil_box_on_8_bits_on_every_path():
+    """Both implementations (PIL's downscale + one gather on the CPU; the fixed-point int32 emulation
+    the other devices run, here on the CPU) give PIL's bytes exactly, at odd and non-square sizes, with
+    both orders of the passes (Pillow 13 starts with the vertical one when the height shrinks most)."""
+    from streams import _pixelate
+
     rng = np.random.default_rng(0)
-    image = rng.random((50, 50)).astype(np.float32)
-    x = torch.from_numpy(image).expand(1, 3, 50, 50)
+    shapes = [(50, 50, 30, 30), (37, 53, 14, 21), (53, 37, 21, 14), (64, 20, 16, 18), (90, 12, 22, 11),
+              (9, 31, 3, 29), (5, 7, 1, 1), (1, 1, 1, 1), (28, 28, 11, 11), (224, 224, 67, 67), (30, 30, 30, 12)]
+    for h, w, height, width in shapes:
+        images = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        expected = np.stack([_pil_pixelate(image, height, width) for image in images])
+        levels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        ours = _pixelate.pixelate(levels, height, width).permute(0, 2, 3, 1).numpy()
+        emulated = _pixelate._upscale(_pixelate._downscale_torch(levels, height, width), h, w, None, False)
+        assert np.array_equal(ours, expected), (h, w, height, width)
+        assert np.array_equal(emulated.permute(0, 2, 3, 1).numpy(), expected), (h, w, height, width)
+    # floats are rounded to 8-bit levels first (half up), the result is levels / 255
+    x = torch.rand(2, 3, 40, 44, generator=torch.Generator().manual_seed(0))
+    levels = (x * 255 + 0.5).floor().to(torch.uint8)
+    assert torch.equal(_pixelate.pixelate(x, 16, 17), _pixelate.pixelate(levels, 16, 17).float() * np.float32(1 / 255))
+
+
+def test_pixelate_through_corrupt_is_the_reference_exactly():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 60, 45, 3), dtype=np.uint8)
+    u = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     for severity, factor in enumerate((0.6, 0.5, 0.4, 0.3, 0.25), start=1):
-        small = Image.fromarray(image, mode="F").resize((int(50 * factor),) * 2, Image.BOX)
-        reference = np.asarray(small.resize((50, 50), Image.BOX))
-        ours = corrupt(x, "pixelate", severity)[0, 0].numpy()
-        assert np.abs(ours - reference).max() < 1e-5
+        expected = np.stack([_pil_pixelate(image, int(60 * factor), int(45 * factor)) for image in images])
+        assert np.array_equal(corrupt(u, "pixelate", severity).permute(0, 2, 3, 1).numpy(), expected), severity
+        floats = corrupt(u.float() / 255, "pixelate", severity)
+        assert torch.equal(_levels(floats).to(torch.uint8), torch.from_numpy(expected).permute(0, 3, 1, 2)), severity
 
 
 def _levels(x: torch.Tensor) -> torch.Tensor:
@@ -243,6 +318,9 @@ def test_jpeg_is_libjpeg_on_the_cpu_and_close_to_it_elsewhere():
         reference = torch.from_numpy(np.stack([_pil_jpeg(a, quality) for a in arrays])).permute(0, 3, 1, 2)
         assert torch.equal(_levels(corrupt(x, "jpeg_compression", severity)), _levels(reference)), quality
         assert (simulate_jpeg(x, quality) - reference).abs().mean() < 0.006, quality  # the CUDA path
+        u = torch.from_numpy(arrays).permute(0, 3, 1, 2)  # channels-last uint8, as decoders produce it
+        for images in (u, u.contiguous()):
+            assert torch.equal(corrupt(images, "jpeg_compression", severity), _levels(reference).to(torch.uint8))
 
 
 def test_jpeg_roundtrip_matches_how_the_imagenet_c_files_were_saved():
@@ -320,6 +398,11 @@ def test_cuda_matches_cpu():
             # jpeg_compression: libjpeg on the CPU, the batched simulation on CUDA (about 0.003 apart).
             limit = 0.006 if name == "jpeg_compression" else 1e-3
             assert difference.mean() < limit and (difference > 1e-3).float().mean() < 2e-2, (name, severity)
+            if name == "pixelate":  # PIL's 8-bit arithmetic on both devices
+                assert torch.equal(gpu.cpu(), cpu), severity
+            u = (x * 255).round().to(torch.uint8).cuda()  # uint8 on the GPU: the truncated float result
+            expected = torch.floor(corrupt(u.float() / 255, name, severity, seed=4) * 255.0 + 1e-3).to(torch.uint8)
+            assert torch.equal(corrupt(u, name, severity, seed=4), expected), (name, severity)
     indices = torch.tensor([3, 9])
     assert torch.allclose(corrupt(x.cuda(), "fog", 3, seed=1, indices=indices.cuda()).cpu(),
                           corrupt(x, "fog", 3, seed=1, indices=indices), atol=1e-4)

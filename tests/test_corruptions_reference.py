@@ -4,11 +4,12 @@ The reference (``tests/imagenet_c_reference.py``): ``imagecorruptions-imaug`` 1.
 corruptions, transcriptions of Hendrycks's ``make_imagenet_c.py`` for elastic_transform, frost and
 pixelate; on the ten bundled photos at 224 x 224. Strength = mean |corrupted - clean|: ours must be
 within 5% of the reference's at every severity, and the deterministic corruptions within PSNR 35 dB
-of the reference's output. Random corruptions average over draws, as many per corruption as its
-draw-to-draw spread needs for the 5% band to be at least three standard errors wide (ours, being
-batched, takes four times the reference's draws). Runs when the ``[reference]`` extra and
-``imagecorruptions-imaug`` are installed (``.ci/run`` installs them), is skipped otherwise.
-The full table with more draws: ``python benchmarks/imagenet_c_table.py`` (docs/imagenet_c.md).
+of the reference's output (pixelate and jpeg_compression: its 8-bit images exactly). Random
+corruptions average over draws, as many per corruption as its draw-to-draw spread needs for the 5%
+band to be at least three standard errors wide (ours, being batched, takes four times the
+reference's draws). Runs when the ``[reference]`` extra and ``imagecorruptions-imaug`` are installed
+(``.ci/run`` installs them), is skipped otherwise. The full table with more draws: ``python
+benchmarks/imagenet_c_table.py`` (docs/imagenet_c.md).
 """
 
 from __future__ import annotations
@@ -101,3 +102,16 @@ def test_strength_within_five_percent_of_the_reference(name, photos):
 
 def test_frost_from_the_photographs_is_within_the_band_too(photos):
     _check("frost", strengths("frost", photos, frost_source="photos"))
+
+
+@pytest.mark.parametrize("name", ["pixelate", "jpeg_compression"])
+def test_the_8_bit_corruptions_are_the_reference_exactly(name, photos):
+    """pixelate (PIL's BOX on 8 bits) and, on the CPU, jpeg_compression (libjpeg) give the reference's
+    8-bit images themselves, for a uint8 batch and for its float batch alike."""
+    u = torch.from_numpy(photos).permute(0, 3, 1, 2)
+    for severity in SEVERITIES:
+        _, outputs = reference_outputs(name, severity)
+        expected = np.round(outputs * 255).astype(np.uint8)
+        assert np.array_equal(corrupt(u, name, severity).permute(0, 2, 3, 1).numpy(), expected), severity
+        floats = corrupt(u.float() / 255, name, severity).permute(0, 2, 3, 1).double().numpy()
+        assert np.array_equal(np.round(floats * 255).astype(np.uint8), expected), severity

@@ -56,6 +56,28 @@ def _fake_dir(tmp_path, n=6, gz=True):
     return tmp_path
 
 
+def test_the_shift_cache_key_hashes_every_module_a_shift_imports():
+    """A cached shifted set is keyed by the source of SHIFT_MODULES: every streams module that
+    streams.shifts imports, directly or through another, must be in it (else an edit there would
+    leave stale cached domains)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    seen, todo = set(), ["streams.shifts"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        tree = ast.parse(Path(importlib.import_module(module).__file__).read_text())
+        for node in ast.walk(tree):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else (
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            todo += [name for name in names if name.startswith("streams.")]
+    assert seen <= set(fashion.SHIFT_MODULES), sorted(seen - set(fashion.SHIFT_MODULES))
+
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_reader_reads_a_generated_directory(tmp_path, gz):
     _fake_dir(tmp_path, gz=gz)

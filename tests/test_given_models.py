@@ -144,5 +144,5 @@ def test_an_empty_batch_gives_empty_logits(tiny_pair) -> None:
     empty = torch.empty(0, 3, 32, 32)
     with torch.no_grad():
         assert zs(empty).shape == (0, C)
-        for name in ("zeroshot", "wiseft", "ose", "dawin", "adawise"):
+        for name in ("zeroshot", "wiseft", "ose", "dawin", "adawise", "tent", "tda"):
             assert adawise.make_method(name, zeroshot=zs, finetuned=ft)(empty).shape == (0, C), name

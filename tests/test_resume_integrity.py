@@ -223,3 +223,11 @@ def test_two_writers_on_one_log_the_second_is_refused_and_the_first_stays_intact
             child.kill()
     assert untimed(read_run(log)["batches"]) == reference["records"] and read_run(log)["complete"]
     assert json.loads(log.read_text().splitlines()[0])["type"] == "header"
+
+
+def test_a_foreign_summary_is_refused(tmp_path, reference) -> None:
+    """The summary closes a run and carries its config hash: another run's summary in its place is refused
+    (hypothesis found this: a summary without the hash passed for this run's)."""
+    lines = list(reference["lines"])
+    lines[-1] = reference["foreign"][-1]
+    assert resume_mutated(tmp_path, b"".join(lines), reference) == "refused"

@@ -23,6 +23,8 @@ _BUILTIN_MODULES = (
     "adawise.methods.adawise",
     "adawise.methods.ablations",
     "adawise.methods.vrf",
+    "adawise.methods.tent",
+    "adawise.methods.tda",
 )
 
 

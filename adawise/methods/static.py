@@ -17,7 +17,8 @@ from adawise.methods.base import EndpointPair, Method, evaluating
 from adawise.methods.registry import register
 from adawise.weights import check_compatible, check_dtypes, interpolate
 
-__all__ = ["ZeroShot", "FineTuned", "WiSEFT", "OutputEnsemble", "mix_probabilities", "check_same_classes"]
+__all__ = ["ZeroShot", "FineTuned", "WiSEFT", "OutputEnsemble", "mix_probabilities", "check_same_classes",
+           "check_alpha", "merged_copy"]
 
 
 class _Single(Method):
@@ -66,29 +67,45 @@ class FineTuned(_Single):
         return 1.0
 
 
+def check_alpha(alpha: Any, method: str) -> float:
+    """``alpha`` as a float in [0, 1], or a :class:`UsageError` naming ``method``."""
+    try:
+        ok = 0.0 <= float(alpha) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"{method}: alpha must be a number in [0, 1] (0: the zero-shot model, 1: the fine-tuned "
+                         f"one), got {alpha!r}")
+    return float(alpha)
+
+
+def merged_copy(zeroshot: nn.Module, finetuned: nn.Module, alpha: Any, method: str) -> nn.Module:
+    """A private copy of the model with the WiSE-FT weights θ(α) = (1 − α)·θ_zs + α·θ_ft, in eval mode.
+
+    Built once from ``finetuned``'s module (the given models are only read); ``alpha`` is checked first
+    (:func:`check_alpha`), then the two state dicts' keys, shapes and dtypes. ``provenance`` names the merge
+    (the log header reads it instead of the fine-tuned model's own)."""
+    alpha = check_alpha(alpha, method)
+    sd0, sd1 = zeroshot.state_dict(), finetuned.state_dict()
+    check_compatible(sd0, sd1, names=("the zero-shot model", "the fine-tuned model"))
+    check_dtypes(sd0, sd1, names=("the zero-shot model", "the fine-tuned model"))
+    merged = copy.deepcopy(finetuned)
+    merged.load_state_dict(interpolate(sd0, sd1, alpha))
+    merged.provenance = {
+        "merge": f"WiSE-FT weights (1 - {alpha}) * zeroshot + {alpha} * finetuned",
+        "zeroshot": getattr(zeroshot, "provenance", None),
+        "finetuned": getattr(finetuned, "provenance", None),
+    }
+    return merged.eval()
+
+
 @register("wiseft")
 class WiSEFT(_Single):
     """Weight-space ensemble at a fixed α: one merged copy, built once."""
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, alpha: float = 0.5) -> None:
-        try:
-            ok = 0.0 <= float(alpha) <= 1.0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise UsageError(f"wiseft: alpha must be a number in [0, 1] (0: the zero-shot model, 1: the fine-tuned "
-                             f"one), got {alpha!r}")
-        sd0, sd1 = zeroshot.state_dict(), finetuned.state_dict()
-        check_compatible(sd0, sd1, names=("the zero-shot model", "the fine-tuned model"))
-        check_dtypes(sd0, sd1, names=("the zero-shot model", "the fine-tuned model"))
-        merged = copy.deepcopy(finetuned)
-        merged.load_state_dict(interpolate(sd0, sd1, alpha))
-        merged.provenance = {  # read by the log header instead of the fine-tuned model's own
-            "merge": f"WiSE-FT weights (1 - {float(alpha)}) * zeroshot + {float(alpha)} * finetuned",
-            "zeroshot": getattr(zeroshot, "provenance", None),
-            "finetuned": getattr(finetuned, "provenance", None),
-        }
-        super().__init__(merged.eval(), own=True)
+        merged = merged_copy(zeroshot, finetuned, alpha, "wiseft")
+        super().__init__(merged, own=True)
         self._keep(zeroshot=zeroshot, finetuned=finetuned)
         self._alpha = float(alpha)
 
