@@ -49,7 +49,7 @@ __all__ = ["add_arguments", "main", "run_demo", "check_args"]
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("entropy", "infomax", "anchored")
-ADAWISE_METHODS = ("adawise", "adawise-infomax", "adawise-anchored")
+ADAWISE_METHODS = ("adawise", "adawise-infomax", "adawise-anchored", "adawise-windowed")
 DEFAULT_ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
@@ -57,17 +57,32 @@ def _say(*parts: Any) -> None:
     print(*parts, flush=True)  # progress lines must show up in redirected logs as they happen
 
 
+def _sample_order(text: str) -> str:
+    """``--order``: a sample order of :mod:`streams.orders` (``continual`` = ``shuffled``), checked now."""
+    from streams.orders import parse_sample_order
+
+    try:
+        order = parse_sample_order(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if order.kind == "given":
+        raise argparse.ArgumentTypeError("the embedded stream has no given order; choose shuffled, class-sorted or "
+                                         "dirichlet[:δ]")
+    return order.spelled
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``adawise demo``."""
-    from streams.fashion import ORDERS
+    from streams.orders import ORDER_HELP, SCHEDULE_HELP, SCHEDULES
 
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated registry names (default: every registered method; AdaWiSE "
                              "runs its fast preset, see --preset)")
-    parser.add_argument("--order", default="continual", choices=ORDERS,
-                        help="image order within each domain: continual (= shuffled, the default) or "
-                             "class-sorted (a batch holds one or two classes); domains always follow one another")
+    parser.add_argument("--order", default="shuffled", type=_sample_order,
+                        help=ORDER_HELP + "; continual is the old name of shuffled")
+    parser.add_argument("--schedule", default=None, choices=SCHEDULES,
+                        help=SCHEDULE_HELP + "; reset_each_shift implies --setting reset_each_shift")
     parser.add_argument("--domains", default=None,
                         help="comma-separated shift names, the first one in distribution (default: clean and "
                              "11 shifts, see streams.shifts.DEFAULT_DOMAINS; 'gaussian_noise:3' sets a severity)")
@@ -281,7 +296,14 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     except FashionMNISTError as err:
         raise MissingFileError(f"--data: {err}") from None
     check.output_dir(args.out, "--out")
+    if getattr(args, "schedule", None) == "reset_each_shift":
+        args.setting = "reset_each_shift"  # the schedule names the setting (the same batches as continual)
     return {"names": names, "alphas": alphas, "domains": domains, "recipes": recipes}
+
+
+def _schedule(args: argparse.Namespace) -> str | None:
+    """The schedule of domains (``--schedule``; ``None``: continual, or what an old ``--order`` names)."""
+    return getattr(args, "schedule", None)
 
 
 def _resolve_recipe(cls: Any, recipe: Any) -> Any:
@@ -373,11 +395,12 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
 
     t = time.perf_counter()
     domains = domains or list(world.domains)
-    stream = embedded_stream(world, domains=domains, order=args.order, per_domain=args.per_domain,
-                             batch_size=args.batch_size, seed=args.seed, progress=progress)
+    stream = embedded_stream(world, domains=domains, order=args.order, schedule=_schedule(args),
+                             per_domain=args.per_domain, batch_size=args.batch_size, seed=args.seed, progress=progress)
     seconds["stream"] = time.perf_counter() - t
     _say(f"stream: {len(domains)} domains x {args.per_domain} images, {len(stream)} batches of {args.batch_size}, "
-         f"order {stream.spec.order}, setting {args.setting} (built in {seconds['stream']:.1f} s)")
+         f"order {args.order}, schedule {stream.spec.order}, setting {args.setting} "
+         f"(built in {seconds['stream']:.1f} s)")
 
     t = time.perf_counter()
     record = _Recorder(AlphaEvaluator(world.zeroshot, world.finetuned))

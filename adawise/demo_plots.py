@@ -72,10 +72,12 @@ def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mappin
     from adawise.logs import format_table, plot_accuracy, plot_alpha
 
     t0 = time.perf_counter()
-    domains = list(stream.domains)
+    # a stream whose batches mix domains is reported per sample domain (its batches are all "mixed")
+    domains = list(getattr(stream, "sample_domain_names", None) or stream.domains)
     id_domain, shifts = domains[0], domains[1:]
     static = {d: acc.tolist() for d, acc in sweep.accuracy_per_domain().items()}
-    oracle_alpha = sweep.oracle_alphas()
+    # the best static α of each (sample) domain; the oracle method follows sweep.oracle_alphas() per batch domain
+    oracle_alpha = {d: sweep.alphas[max(range(len(v)), key=v.__getitem__)] for d, v in static.items()}
     accuracy = {name: dict(r.per_domain) for name, r in results.items()}
     for i, a in enumerate(sweep.alphas):  # static WiSE-FT from the sweep (endpoints too, unless run)
         accuracy.setdefault(static_name(a), {d: static[d][i] for d in domains})
@@ -85,7 +87,7 @@ def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mappin
     if best_static and best_static not in listed:
         listed.insert(listed.index("wiseft") + 1 if "wiseft" in listed else 0, best_static)
     rows = {m: accuracy[m] for m in listed}
-    objectives = {n: {d: _domain_means(sweep, n, d) for d in domains} for n in sweep.objectives}
+    objectives = {n: {d: _domain_means(sweep, n, d) for d in dict.fromkeys(sweep.domains)} for n in sweep.objectives}
 
     say()
     say(format_table(rows, domains, id_domain=id_domain))
@@ -128,10 +130,12 @@ def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mappin
     series = {n: r.alphas for n, r in results.items() if any(a is not None for a in r.alphas)
               and n not in ("zeroshot", "finetuned", "wiseft", "oracle")}  # oracle: the dashed steps
     if series:
-        plot_alpha(series, sweep.domains, out / "alpha.png", oracle_alpha=oracle_alpha)
-    plot_objectives_vs_alpha(list(sweep.alphas), static, objectives, out / "objectives_vs_alpha.png",
-                             domains=_telling_domains(static, objectives["entropy"], domains)
-                             if "entropy" in objectives else None)
+        plot_alpha(series, sweep.domains, out / "alpha.png", oracle_alpha=sweep.oracle_alphas())
+    batch_static = {d: acc.tolist() for d, acc in sweep.accuracy_per_domain(per_sample=False).items()}
+    batch_domains = list(batch_static)
+    plot_objectives_vs_alpha(list(sweep.alphas), batch_static, objectives, out / "objectives_vs_alpha.png",
+                             domains=_telling_domains(batch_static, objectives["entropy"], batch_domains)
+                             if "entropy" in objectives and len(batch_domains) > 1 else None)
     seconds["report"] = time.perf_counter() - t0
     seconds["total"] = seconds.get("total", 0.0) + seconds["report"]
     summary_path = Path(summary_path or out / "summary.json")

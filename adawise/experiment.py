@@ -111,8 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser, streams: Sequence[str] = STRE
     else:
         parser.set_defaults(stream=streams[0])
     add(data, "--data", help="ImageNet-R folder (imagenet-r) or clean ImageNet val folder <wnid>/*.JPEG (imagenet-c)")
-    add(data, "--order", help="imagenet-r: rendition (default), shuffled, mixed, class-sorted; imagenet-c: "
-                              "continual (default), reset_each_shift, gradual (severity 1->5->1), mixed")
+    add(data, "--order", help="order of the samples (streams.orders): shuffled, class-sorted, dirichlet, "
+                              "dirichlet:<δ> or given (the source's own); the old words still work: imagenet-r "
+                              "rendition (default), shuffled, mixed, class-sorted; imagenet-c continual (default), "
+                              "reset_each_shift, gradual, mixed (a schedule)")
+    add(data, "--schedule", help="schedule of the domains: continual (default), reset_each_shift, gradual "
+                                 "(imagenet-c: severity 1->5->1), mixed (every batch mixes the domains)")
     add(data, "--renditions", help="imagenet-r: comma-separated renditions to keep (default: all present)")
     add(data, "--corruptions", help="imagenet-c: comma-separated corruptions in stream order (default: the 15 "
                                     "of ImageNet-C; 'clean' adds an uncorrupted domain)")
@@ -529,8 +533,9 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     check.number(args.ose_w, "--ose-w", 0.0, 1.0)
     if args.setting not in (None, "continual", "reset_each_shift"):
         raise UsageError(f"--setting {args.setting!r}: choose continual or reset_each_shift")
-    if args.order == "reset_each_shift" and args.setting == "continual":
-        raise UsageError("--order reset_each_shift runs with the setting reset_each_shift; drop --setting continual")
+    if "reset_each_shift" in (args.order, getattr(args, "schedule", None)) and args.setting == "continual":
+        raise UsageError("the schedule reset_each_shift runs with the setting reset_each_shift; drop --setting "
+                         "continual")
     methods = _resolve_methods(args)
     method_options, flags = _method_options(args)
     check_method_options(methods, method_options, flags)
@@ -550,30 +555,29 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _make_spec(args: argparse.Namespace, image_size: int) -> StreamSpec:
     from streams import imagenet_r, schedules
+    from streams.orders import spec_fields
 
     root = str(Path(args.data).expanduser())
+    schedule = getattr(args, "schedule", None)
     if args.stream == "imagenet-r":
-        order = args.order or "rendition"
-        allowed = (*imagenet_r.ORDERS, "continual", "reset_each_shift")
-        if order not in allowed:
-            raise UsageError(f"--order {order!r} is not an imagenet-r order; choose from {', '.join(allowed)}")
         renditions = _split(args.renditions)
         bad = [r for r in renditions if r not in imagenet_r.RENDITIONS]
         if bad:
             raise UsageError(f"--renditions: unknown {bad}; choose from {', '.join(imagenet_r.RENDITIONS)}")
+        try:
+            order, extra = spec_fields("imagenet-r", args.order, schedule)
+        except ValueError as err:
+            raise UsageError(f"--order/--schedule: {err}") from None
         return StreamSpec.make("imagenet-r", domains=renditions, order=order, batch_size=args.batch_size,
                                seed=args.seed, root=root, image_size=image_size,
-                               limit_per_domain=args.limit_per_domain)
-    order = args.order or "continual"
-    if order not in schedules.ORDERS:
-        raise UsageError(f"--order {order!r} is not an imagenet-c order; choose from {', '.join(schedules.ORDERS)}")
+                               limit_per_domain=args.limit_per_domain, **extra)
     try:
-        return schedules.corruption_spec(_split(args.corruptions) or None, order=order, severity=args.severity,
-                                         batch_size=args.batch_size, seed=args.seed, source="imagenet-c",
-                                         root=root, image_size=image_size, shuffle=True,
-                                         limit_per_domain=args.limit_per_domain)
+        return schedules.corruption_spec(_split(args.corruptions) or None, order=args.order or "continual",
+                                         schedule=schedule, severity=args.severity, batch_size=args.batch_size,
+                                         seed=args.seed, source="imagenet-c", root=root, image_size=image_size,
+                                         shuffle=True, limit_per_domain=args.limit_per_domain)
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        raise UsageError(f"--order/--schedule: {err}") from None
 
 
 def _config_record(args: argparse.Namespace) -> dict[str, Any]:
@@ -593,7 +597,8 @@ def main(args: argparse.Namespace) -> int:
     spec = _make_spec(args, image_size_of(arch))
     setting = args.setting or schedules.setting_for(spec)
     if spec.order == "reset_each_shift" and setting != "reset_each_shift":
-        raise UsageError("--order reset_each_shift runs with the setting reset_each_shift; drop --setting continual")
+        raise UsageError("the schedule reset_each_shift runs with the setting reset_each_shift; drop --setting "
+                         "continual")
     with exclusive(out):  # one run per output folder: a second one is refused, not merged
         try:  # scan the data before the (slow) model loading
             stream = schedules.build_stream(spec, num_workers=args.workers, device=device)

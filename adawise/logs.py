@@ -36,6 +36,7 @@ __all__ = [
     "save_figure",
     "render_table",
     "to_jsonable",
+    "domain_counts",
 ]
 
 
@@ -190,6 +191,21 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
     return {"header": header, "batches": batches, "summary": summary, "complete": summary is not None}
 
 
+def domain_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Images and correct predictions per domain, ``{domain: [n, correct]}``, over batch records.
+
+    A record of a batch that mixes domains (the ``mixed`` schedule) carries ``by_domain``
+    (``{domain: [n, correct]}``, written by the loop from ``Batch.sample_domains``) and counts there;
+    any other counts under its ``domain``.
+    """
+    out: dict[str, list[int]] = {}
+    for r in records:
+        parts = r.get("by_domain") or {r["domain"]: [r["n"], r["correct"]]}
+        for d, (n, c) in parts.items():
+            n_c = out.setdefault(d, [0, 0])
+            n_c[0] += int(n)
+            n_c[1] += int(c)
+    return out
 def table_path(log: str | os.PathLike) -> Path:
     """Where the readable table of the log ``log`` goes: ``x.txt`` beside ``x.jsonl`` (``x.table.txt``
     when the log itself is called ``x.txt``, which must not be overwritten)."""

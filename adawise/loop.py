@@ -48,6 +48,7 @@ from adawise.errors import AccessError, DataError, InputTypeError, LogError, Res
 from adawise.logs import (
     JsonlWriter,
     check_run,
+    domain_counts,
     exclusive,
     format_table,
     library_versions,
@@ -67,7 +68,7 @@ SETTINGS = ("continual", "reset_each_shift")
 #: version of the log layout; 2: weights hashes in the header, fingerprint and config hash in every record
 LOG_FORMAT = 2
 _RESERVED = {"type", "method", "domain", "batch", "n", "correct", "accuracy", "entropy", "alpha", "seconds",
-             "nonfinite_rows", "fingerprint", "config_hash", "skipped_inputs"}
+             "nonfinite_rows", "fingerprint", "config_hash", "skipped_inputs", "by_domain"}
 _STREAM_RESULTS = {"skipped"}  # keys of Stream.describe() that change when the stream is iterated
 _SAMPLE = 4096  # pixel values of a batch in its fingerprint (and in the [0, 1] range check)
 
@@ -211,16 +212,28 @@ def _check_classes(logits: Tensor, batch: Batch, num_classes: int | None) -> Non
                         "label space (same class names in the same order)")
 
 
-def _score(logits: Tensor, labels: Tensor) -> tuple[int, float | None, int]:
-    """Number correct, mean prediction entropy (``None`` if not finite) and the number of rows without a
-    defined prediction (a NaN logit, every logit −inf, or two or more logits +inf: a tie at infinity),
-    which are scored as wrong."""
+def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, float | None, int]:
+    """Per-row correctness (a bool tensor on the CPU), mean prediction entropy (``None`` if not finite) and
+    the number of rows without a defined prediction (a NaN logit, every logit −inf, or two or more logits
+    +inf: a tie at infinity), which are scored as wrong."""
     undefined = (logits.isnan().any(-1) | (logits == float("-inf")).all(-1)
                  | ((logits == float("inf")).sum(-1) >= 2))
     preds = logits.argmax(dim=-1)
-    correct = int(((preds.cpu() == labels.cpu()) & ~undefined.cpu()).sum())
+    hits = (preds.cpu() == labels.cpu()) & ~undefined.cpu()
     ent = float(entropy(logits).mean()) if len(logits) else float("nan")
-    return correct, (ent if ent == ent and abs(ent) != float("inf") else None), int(undefined.sum())
+    return hits, (ent if ent == ent and abs(ent) != float("inf") else None), int(undefined.sum())
+
+
+def _by_domain(hits: Tensor, sample_domains: tuple[str, ...]) -> dict[str, list[int]]:
+    """``{domain: [n, correct]}`` of a batch whose samples come from several domains."""
+    if len(sample_domains) != len(hits):
+        raise ValueError(f"the batch names {len(sample_domains)} sample domains for {len(hits)} images")
+    out: dict[str, list[int]] = {}
+    for d, h in zip(sample_domains, hits.tolist(), strict=True):
+        n_c = out.setdefault(d, [0, 0])
+        n_c[0] += 1
+        n_c[1] += int(h)
+    return out
 
 
 def _step(method: Method, batch: Batch, device: torch.device, state: dict[str, Any], setting: str) -> Tensor:
@@ -434,7 +447,8 @@ def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: 
             t0 = time.perf_counter()
             logits = _step(method, batch, device, state, setting)
             _check_classes(logits, batch, getattr(stream, "num_classes", None))
-            correct, ent, undefined = _score(logits, batch.labels)  # scored before the method may update
+            hits, ent, undefined = _score(logits, batch.labels)  # scored before the method may update
+            correct = int(hits.sum())
             alpha = method.alpha
             with torch.no_grad():
                 method.observe(state["images"], logits)
@@ -450,6 +464,8 @@ def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: 
                 **info,
             }
             record.setdefault("forward_passes", 1.0)
+            if getattr(batch, "sample_domains", None) is not None:
+                record["by_domain"] = _by_domain(hits, batch.sample_domains)
             records.append(to_jsonable(record))
             if writer is not None:
                 writer.write(record)
@@ -488,11 +504,7 @@ def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: 
 
 def _result(method: Method, setting: str, records: list[dict[str, Any]], seconds: float,
             path: Path | None) -> StreamResult:
-    per_n: dict[str, list[int]] = {}
-    for r in records:
-        n_c = per_n.setdefault(r["domain"], [0, 0])
-        n_c[0] += r["n"]
-        n_c[1] += r["correct"]
+    per_n = domain_counts(records)
     total_n = sum(n for n, _ in per_n.values())
     total_c = sum(c for _, c in per_n.values())
     return StreamResult(

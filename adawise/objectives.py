@@ -5,7 +5,10 @@ All work on the *projected* logits (the classes of the task) in fp32:
 - ``entropy`` (AdaWiSE, Döbler et al. 2024): mean_i H(p_i);
 - ``infomax`` (SHOT, Liang et al. 2020; TIM, Boudiaf et al. 2020): mean_i H(p_i) − H(p̄);
 - ``anchored`` (this project): mean_i H(p_i) + KL(p̄ || p̄_anchor), p̄_anchor the zero-shot model's
-  mean prediction on the same batch.
+  mean prediction on the same batch;
+- ``windowed`` (this project): mean_i H(p_i) + λ·KL(P_W(α) ‖ P_W(0)), the class proportions P_W of a
+  window of recent images (:class:`ProportionWindow`, state carried from batch to batch) at θ(α) and
+  at the zero-shot model.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "entropy", "mean_entropy", "infomax", "anchored", "OBJECTIVES", "NEEDS_ANCHOR", "objective_value",
-    "finite_objective",
+    "entropy", "mean_entropy", "infomax", "anchored", "OBJECTIVES", "NEEDS_ANCHOR", "NEEDS_WINDOW",
+    "objective_value", "finite_objective", "ProportionWindow", "DIVERGENCES",
 ]
 
 
@@ -61,9 +64,116 @@ def anchored(logits: Tensor, anchor_logits: Tensor | None = None) -> Tensor:
 
 
 ObjectiveFn = Callable[[Tensor, "Tensor | None"], Tensor]
-OBJECTIVES: dict[str, ObjectiveFn] = {"entropy": mean_entropy, "infomax": infomax, "anchored": anchored}
+#: ``windowed`` is the batch's mean entropy here; its window term comes from a :class:`ProportionWindow`
+OBJECTIVES: dict[str, ObjectiveFn] = {"entropy": mean_entropy, "infomax": infomax, "anchored": anchored,
+                                      "windowed": mean_entropy}
 #: objectives that need the zero-shot (α = 0) logits of the same batch
 NEEDS_ANCHOR = frozenset({"anchored"})
+#: objectives whose value adds a :class:`ProportionWindow` term (state across batches)
+NEEDS_WINDOW = frozenset({"windowed"})
+
+
+def total_variation(p: Tensor, q: Tensor) -> Tensor:
+    """½ Σ_c |p_c − q_c| over the last axis."""
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+def sorted_total_variation(p: Tensor, q: Tensor) -> Tensor:
+    """Total variation between the proportions sorted in decreasing order: how much more (or less)
+    concentrated ``p`` is than ``q``, whichever classes carry the mass (a swap of two classes' shares is free)."""
+    return total_variation(p.sort(-1, descending=True).values, q.sort(-1, descending=True).values)
+
+
+#: divergences a :class:`ProportionWindow` can compare proportions with
+DIVERGENCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "tv": total_variation, "sorted-tv": sorted_total_variation,
+    "kl": lambda p, q: (_plogp(p) - p * q.clamp_min(1e-30).log()).sum(-1),
+}
+
+
+class ProportionWindow:
+    """The class proportions of a window of recent images at any α: the state of the ``windowed`` objective.
+
+    Rows enter with their logits at α = 0, at their batch's centre α (the batch's first full pass) and at
+    α = 1; the oldest leave once ``rows`` are held. θ(α)'s logits of a held row are interpolated in α
+    through those three points (quadratic; linear between the endpoints when the centre is one of them),
+    within a fraction of a point of accuracy of the exact logits on the embedded world
+    (``benchmarks/objective_lab.py``); P_W(α) is the held rows' mean probability. Then
+
+        penalty(α) = weight · min(1, held / rows) · D(P_W(α) ‖ P_W(0)),
+
+    D the KL divergence by default (:data:`DIVERGENCES`). The ``min(1, held / rows)`` ramp keeps a
+    window of a few rows (after a reset, or a restart at a domain change) from over-ruling the entropy:
+    on class-sorted streams such a window holds one class, and the zero-shot model's share of the
+    right class on it is its accuracy, so any confident model would look drifted.
+
+    The window is longer than a batch on purpose: on class-sorted or Dirichlet-ordered streams a batch
+    holds one or two classes, and only proportions over many recent batches tell whether θ(α)'s
+    predictions drift from the zero-shot model's (the lab's ``window`` row).
+    """
+
+    def __init__(self, rows: int = 128, weight: float = 3.0, divergence: str = "kl") -> None:
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"unknown window divergence {divergence!r}; choose from {', '.join(DIVERGENCES)}")
+        if int(rows) < 1:
+            raise ValueError(f"window rows must be >= 1, got {rows}")
+        self.rows, self.weight, self.divergence = int(rows), float(weight), divergence
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every held row."""
+        self.z0: Tensor | None = None
+        self.zc: Tensor | None = None
+        self.z1: Tensor | None = None
+        self.ac: Tensor | None = None
+        self._cache: dict[float, Tensor] = {}
+
+    def __len__(self) -> int:
+        return 0 if self.z0 is None else len(self.z0)
+
+    def add(self, z0: Tensor, zc: Tensor, z1: Tensor, centre: float) -> None:
+        """Add rows with their logits at α = 0, at ``centre`` and at α = 1 (rows with a non-finite logit are
+        left out); the oldest rows leave beyond ``rows``."""
+        z0, zc, z1 = (t.detach().float().cpu() for t in (z0, zc, z1))
+        if not (z0.shape == zc.shape == z1.shape) or z0.ndim != 2:
+            raise ValueError(f"window rows need [rows, classes] logits of one shape, got {tuple(z0.shape)}, "
+                             f"{tuple(zc.shape)}, {tuple(z1.shape)}")
+        ok = torch.isfinite(z0).all(-1) & torch.isfinite(zc).all(-1) & torch.isfinite(z1).all(-1)
+        z0, zc, z1 = z0[ok], zc[ok], z1[ok]
+        ac = torch.full((len(z0),), float(centre))
+        if self.z0 is not None:
+            if self.z0.shape[1] != z0.shape[1]:
+                raise ValueError(f"window rows have {z0.shape[1]} classes, the window holds {self.z0.shape[1]}")
+            z0, zc, z1 = torch.cat([self.z0, z0]), torch.cat([self.zc, zc]), torch.cat([self.z1, z1])
+            ac = torch.cat([self.ac, ac])
+        keep = slice(max(len(z0) - self.rows, 0), None)
+        self.z0, self.zc, self.z1, self.ac = z0[keep], zc[keep], z1[keep], ac[keep]
+        self._cache = {}
+
+    def logits(self, alpha: float) -> Tensor:
+        """The held rows' logits at θ(α), interpolated through (0, centre, 1): ``[rows, C]``."""
+        if self.z0 is None:
+            raise RuntimeError("the proportion window is empty")
+        a, c = float(alpha), self.ac[:, None]
+        inner = (c > 1e-3) & (c < 1 - 1e-3)
+        cs = torch.where(inner, c, torch.full_like(c, 0.5))
+        quad = ((a - cs) * (a - 1.0) / cs * self.z0 + a * (a - 1.0) / (cs * (cs - 1.0)) * self.zc
+                + a * (a - cs) / (1.0 - cs) * self.z1)
+        return torch.where(inner, quad, (1.0 - a) * self.z0 + a * self.z1)
+
+    def proportions(self, alpha: float) -> Tensor:
+        """P_W(α): the held rows' mean probability at θ(α) (``[C]``, cached per α)."""
+        key = round(float(alpha), 6)
+        if key not in self._cache:
+            self._cache[key] = torch.softmax(self.logits(key), -1).mean(0)
+        return self._cache[key]
+
+    def penalty(self, alpha: float) -> float:
+        """``weight · min(1, held / rows) · D(P_W(α) ‖ P_W(0))`` (0 while the window is empty)."""
+        if len(self) == 0:
+            return 0.0
+        d = float(DIVERGENCES[self.divergence](self.proportions(alpha), self.proportions(0.0)))
+        return self.weight * min(1.0, len(self) / self.rows) * d
 
 
 def objective_value(name: str, logits: Tensor, anchor_logits: Tensor | None = None) -> float:

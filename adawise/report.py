@@ -14,7 +14,7 @@ from typing import Any
 
 from adawise import options as check
 from adawise.errors import LogError, UsageError
-from adawise.logs import format_table, plot_accuracy, plot_alpha, read_run
+from adawise.logs import domain_counts, format_table, plot_accuracy, plot_alpha, read_run
 
 __all__ = ["collect", "add_arguments", "main"]
 
@@ -37,11 +37,7 @@ def collect(paths: list[str | Path]) -> dict[str, Any]:
             name += " (incomplete)"
         if name in accuracy:  # the same method twice (e.g. two seeds): keep both, told apart by file
             name += f" ({Path(path).stem})" if f"{name} ({Path(path).stem})" not in accuracy else f" ({path})"
-        per: dict[str, list[int]] = {}
-        for r in run["batches"]:
-            n_c = per.setdefault(r["domain"], [0, 0])
-            n_c[0] += r["n"]
-            n_c[1] += r["correct"]
+        per = domain_counts(run["batches"])
         accuracy[name] = {d: c / n for d, (n, c) in per.items() if n}
         alphas[name] = [r.get("alpha") for r in run["batches"]]
         if len(run["batches"]) > len(domains_per_batch):

@@ -9,8 +9,10 @@ Examples::
     adawise run --config runs/inr/config.json        # repeat a run (options on the line still win)
 
 ImageNet-C streams corrupt clean ImageNet validation images on the fly (``streams.schedules``):
-orders ``continual`` (the 15 corruptions in order at ``--severity``, default 5), ``reset_each_shift``,
-``gradual`` (severity 1->5->1 per corruption) and ``mixed``. The work itself lives in
+schedules (``--schedule``) ``continual`` (the 15 corruptions in order at ``--severity``, default 5),
+``reset_each_shift``, ``gradual`` (severity 1->5->1 per corruption) and ``mixed``; sample orders
+(``--order``, :mod:`streams.orders`) ``shuffled``, ``class-sorted``, ``dirichlet[:δ]``; they combine
+(the old ``--order gradual`` etc. still name the schedule). The work itself lives in
 :mod:`adawise.experiment`, shared with ``examples/stream_imagenet_r.py``.
 """
 

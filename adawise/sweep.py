@@ -117,7 +117,9 @@ class SweepConfig:
             "head_cache_dir": DIR}`` (local files, see ``adawise run``),
             ``{"kind": "embedded", "recipe": "full"}`` (the bundled world of ``adawise demo``).
         streams: name -> stream spec: ``source`` (``embedded``, ``corruptions``, ``imagenet-c``,
-            ``imagenet-r``), ``domains``, ``order``, ``batch_size`` and the source's options (e.g.
+            ``imagenet-r``), ``domains``, ``order`` (sample order) and ``schedule`` (of the domains, see
+            :mod:`streams.orders`; an old ``order`` such as ``mixed`` still names the schedule), ``batch_size``
+            and the source's options (e.g.
             ``severity``, ``limit_per_domain``, ``root``, ``per_domain``; ``base``: ``fashion-mnist`` or
             ``synthetic`` with ``base_size``, ``image_size``, ``num_classes``, ``base_seed``). The stream's
             seed is the run's seed (no ``seed`` key here); ``workers``: loader processes (not hashed).
@@ -401,14 +403,20 @@ def build_stream(spec: Mapping[str, Any], seed: int, base_dir: str = ".", device
     opts = _resolve(spec, base_dir)
     source = opts.pop("source")
     domains = tuple(opts.pop("domains", ()) or ())
-    order = opts.pop("order", "continual")
+    order = opts.pop("order", None)
+    schedule = opts.pop("schedule", None)
     batch_size = int(opts.pop("batch_size", 64))
     workers = opts.pop("workers", None)
     if source == "embedded":
         from streams.fashion import embedded_stream
 
-        return embedded_stream(None, domains=domains or None, order=order, per_domain=int(opts.pop("per_domain", 2000)),
-                               batch_size=batch_size, seed=seed, data=opts.pop("data", None))
+        return embedded_stream(None, domains=domains or None, order=order or "shuffled", schedule=schedule,
+                               per_domain=int(opts.pop("per_domain", 2000)), batch_size=batch_size, seed=seed,
+                               data=opts.pop("data", None))
+    from streams.orders import spec_fields
+
+    order, extra = spec_fields(source, order, schedule)
+    opts.update(extra)
     if source == "corruptions" and opts.get("base") == "synthetic":
         import torch
 

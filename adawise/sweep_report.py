@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adawise.logs import render_table
+from adawise.logs import domain_counts, render_table
 
 if TYPE_CHECKING:
     from adawise.sweep import Run
@@ -45,11 +45,7 @@ def merge(runs: Sequence[Run], out: str | os.PathLike, id_domain: str | None = N
         if rec is None or not rec["complete"]:
             missing.append({"run_id": run.run_id, "log": str(path), "state": "partial" if rec else "absent"})
             continue
-        per: dict[str, list[int]] = {}
-        for r in rec["batches"]:
-            n_c = per.setdefault(r["domain"], [0, 0])
-            n_c[0] += r["n"]
-            n_c[1] += r["correct"]
+        per = domain_counts(rec["batches"])
         alphas = [r["alpha"] for r in rec["batches"] if r.get("alpha") is not None]
         passes = [r.get("forward_passes", 1.0) for r in rec["batches"]]
         rows.append({

@@ -4,6 +4,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 # leaves figures). Run from the repository root on the GPU machine, carrying .whl/ (the open_clip,
 # ftfy and wcwidth wheels; .whl/pytest/ holds pytest for a machine without it):
 #     bash benchmarks/gpu_suite.sh
+# bench_step's default methods include adawise-windowed (issue 16's registered configuration; target <= 1.8x on
+# a GPU, checked in the JSON's "targets"; its per-sample zero-shot mix is at its worst on random weights).
 # Writes into $OUT (default /tmp/gpu_suite): step_vitb16.json, step_vitl14.json, knn_gpu.json,
 # corruptions_gpu.json / .md (the 15 ImageNet-C corruptions, batch 64 at 224, against the reference's
 # single-thread CPU throughput recorded in benchmarks/results/corruptions_cpu.json; target 50x),

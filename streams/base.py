@@ -14,6 +14,7 @@ resizes any one size to its resolution). Methods pass on whatever their wrapped 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -23,17 +24,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "Stream", "StreamSpec", "TensorStream", "ConcatStream", "from_tensors", "concat", "class_indices"]
+__all__ = ["Batch", "Stream", "StreamSpec", "TensorStream", "ConcatStream", "PooledStream", "from_tensors", "concat",
+           "class_indices"]
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One test batch: ``images`` [B, ...] (CLIP models take [B, 3, H, W] in [0, 1]), ``labels`` [B]."""
+    """One test batch: ``images`` [B, ...] (CLIP models take [B, 3, H, W] in [0, 1]), ``labels`` [B].
+
+    ``sample_domains`` names each sample's domain where a batch mixes several (the ``mixed``
+    schedule, whose ``domain`` is ``"mixed"``); ``None`` when every sample is in ``domain``. Like the
+    labels, it is for scoring only: the loop never shows it to a method.
+    """
 
     images: Tensor
     labels: Tensor
     domain: str
     index: int
+    sample_domains: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,9 +194,51 @@ class ConcatStream(Stream):
         index = 0
         for part in self.parts:
             for batch in part:
-                yield Batch(batch.images, batch.labels, batch.domain, index)
+                yield dataclasses.replace(batch, index=index)
                 index += 1
             self.skipped.extend(s for s in part.skipped if s not in self.skipped)
+
+
+class PooledStream(Stream):
+    """Batches that gather images from several in-memory domains (the ``mixed`` schedule).
+
+    ``parts[d]`` holds domain ``d``'s images and ``labels[d]`` its labels; each planned batch is a
+    ``[b, 2]`` long tensor of (domain id, row) pairs. Every batch has the domain ``domain`` and names
+    each sample's domain in ``Batch.sample_domains``.
+    """
+
+    def __init__(self, parts: Sequence[Tensor], labels: Sequence[Tensor], names: Sequence[str],
+                 plan: Sequence[Tensor], domain: str = "mixed", spec: StreamSpec | None = None) -> None:
+        super().__init__()
+        if not (len(parts) == len(labels) == len(names)):
+            raise ValueError(f"PooledStream: {len(parts)} image parts, {len(labels)} label parts, {len(names)} names")
+        self.parts, self.names, self.domain, self.spec = list(parts), [str(n) for n in names], str(domain), spec
+        self.labels = [torch.as_tensor(y, dtype=torch.long) for y in labels]
+        self.plan = [torch.as_tensor(p, dtype=torch.long).reshape(-1, 2) for p in plan]
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    @property
+    def domains(self) -> list[str]:
+        return [self.domain] if self.plan else []
+
+    @property
+    def sample_domain_names(self) -> list[str]:
+        """The pooled domains, in the order they were given."""
+        return list(self.names)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for i, pairs in enumerate(self.plan):
+            d, rows = pairs[:, 0], pairs[:, 1]
+            first = self.parts[int(d[0])]
+            images = torch.empty((len(pairs), *first.shape[1:]), dtype=first.dtype)
+            labels = torch.empty(len(pairs), dtype=torch.long)
+            for k in torch.unique(d).tolist():
+                at = d == k
+                images[at] = self.parts[k][rows[at]]
+                labels[at] = self.labels[k][rows[at]]
+            yield Batch(images, labels, self.domain, i, tuple(self.names[k] for k in d.tolist()))
 
 
 def from_tensors(images: Tensor, labels: Tensor, domain: str = "default", batch_size: int = 64) -> Stream:

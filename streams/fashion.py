@@ -28,7 +28,7 @@ from torch import Tensor
 from streams.base import ConcatStream, Stream, StreamSpec, TensorStream
 
 __all__ = ["DEFAULT_ROOT", "CLASS_NAMES", "SPLITS", "ORDERS", "FashionMNISTError", "find_root", "load_split",
-           "to_float", "embedded_stream"]
+           "to_float", "embedded_stream", "domain_images", "sample_plan", "scheduled_domains"]
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 #: the ten labels in label order, worded for prompts (the official names are "T-shirt/top", ...)
@@ -109,28 +109,35 @@ def to_float(images: Tensor) -> Tensor:
     return images.unsqueeze(1).float().div_(255.0)
 
 
-#: image orders within each domain ("shuffled" is another name for the default, "continual")
-ORDERS = ("continual", "shuffled", "class-sorted")
+#: sample orders accepted by :func:`embedded_stream` (``continual`` is the old name of ``shuffled``; any
+#: ``dirichlet:<δ>`` too, see :mod:`streams.orders`)
+ORDERS = ("continual", "shuffled", "class-sorted", "dirichlet", "dirichlet:0.01")
 
 
-def _canonical_order(order: str) -> str:
-    if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}; choose from {', '.join(ORDERS)}")
-    return "continual" if order == "shuffled" else order
-
-
-def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "continual", per_domain: int = 2000,
+def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "shuffled", per_domain: int = 2000,
                     batch_size: int = 64, seed: int = 0, data: str | os.PathLike | None = None,
-                    cache_dir: str | os.PathLike | None = None, progress: bool = False) -> Stream:
+                    cache_dir: str | os.PathLike | None = None, progress: bool = False,
+                    schedule: str | None = None) -> Stream:
     """The embedded world's test stream: the clean domain, then one shift after another.
 
     Every domain holds the *same* ``per_domain`` test images (a seeded subset of t10k, as ImageNet-C
     corrupts the same validation images for every corruption), shifted once with a seed derived from
     ``seed`` and the domain name and, per image, its t10k index (so an image's shift does not depend on
-    which others were picked with it), then ordered: ``"continual"`` (alias ``"shuffled"``) shuffles them
-    with a per-domain seed, ``"class-sorted"`` sorts them by label so a batch holds one or two classes
-    (same images and same shift draws as the shuffled stream, only the order differs). Shifted images
-    are quantised to 8 bits, as ImageNet-C's stored images are, which also lets them be cached.
+    which others were picked with it). Shifted images are quantised to 8 bits, as ImageNet-C's stored
+    images are, which also lets them be cached.
+
+    The sample order and the schedule of domains (:mod:`streams.orders`) combine:
+
+    - ``order``: ``"shuffled"`` (default; ``"continual"`` is its old name) shuffles each domain with a
+      per-domain seed, ``"class-sorted"`` sorts it by label (a batch holds one or two classes),
+      ``"dirichlet"`` / ``"dirichlet:<δ>"`` gives Dirichlet-correlated labels (δ = 0.1 by default), all
+      with the same images and shift draws, only the order differs;
+    - ``schedule``: ``"continual"`` (default: the domains one after another), ``"reset_each_shift"``
+      (the same batches; the run resets the method at every boundary, :func:`streams.schedules.setting_for`),
+      ``"gradual"`` (each corruption at severities 1, 2, 3, 4, 5, 4, 3, 2, 1, domains named
+      ``"<corruption>:<severity>"``; other shifts once) or ``"mixed"`` (every (domain, image) pair pooled
+      and ordered by ``order``: each batch mixes the domains, ``Batch.domain`` is ``"mixed"`` and
+      ``Batch.sample_domains`` names each sample's). ``order="mixed"`` etc. name the schedule as before.
 
     Args:
         source: an object with ``test_images``/``test_labels`` (an ``EmbeddedWorld``), a
@@ -145,6 +152,7 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
     """
     from tqdm.auto import tqdm
 
+    from streams.orders import resolve
     from streams.shifts import DEFAULT_DOMAINS, get_shift
 
     if isinstance(source, StreamSpec):
@@ -152,6 +160,8 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
         if spec.source != "embedded":
             raise ValueError(f"embedded_stream: spec is for source {spec.source!r}, not 'embedded'")
         images, labels = _test_tensors(spec.opts.get("data"))
+        sched, sample = resolve(spec.opts.get("sample_order", spec.order if spec.order == "class-sorted" else None),
+                                None if spec.order == "class-sorted" else spec.order)
     else:
         if source is None:
             images, labels = _test_tensors(data)
@@ -166,20 +176,84 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "co
             get_shift(name)  # fail early on unknown names
         if per_domain < 1:
             raise ValueError(f"per_domain must be >= 1, got {per_domain}")
-        spec = StreamSpec.make("embedded", domains, _canonical_order(order), batch_size, seed,
-                               per_domain=int(per_domain), data=root, world=world)
-    n = min(int(spec.opts["per_domain"]), len(images))
-    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(spec.seed))[:n]
-    base_x, base_y = images[pick].contiguous(), labels[pick]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sched, sample = resolve(order, schedule)
+        extra = {} if sample.kind == "shuffled" else {"sample_order": sample.spelled}
+        spec = StreamSpec.make("embedded", domains, sched, batch_size, seed, per_domain=int(per_domain), data=root,
+                               world=world, **extra)
+    base_x, base_y, pick = domain_images(images, labels, int(spec.opts["per_domain"]), spec.seed)
+    names = scheduled_domains(spec.domains, sched)
+    shifted = []
+    for name in tqdm(names, desc="shifting test images", disable=not progress, leave=False):
+        shifted.append(_shifted(base_x, name, zlib.crc32(f"{spec.seed}:{name}".encode()), cache_dir, indices=pick))
+    pairs = sample_plan(base_y, names, sched, sample, spec.seed)
+    if sched == "mixed":
+        from streams.base import PooledStream
+
+        bs = spec.batch_size
+        plan = [pairs[s:s + bs] for s in range(0, len(pairs), bs)]
+        return PooledStream(shifted, [base_y] * len(names), names, plan, spec=spec)
     parts = []
-    for name in tqdm(spec.domains, desc="shifting test images", disable=not progress, leave=False):
-        domain_seed = zlib.crc32(f"{spec.seed}:{name}".encode())
-        shifted = _shifted(base_x, name, domain_seed, cache_dir, indices=pick)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(domain_seed))
-        if spec.order == "class-sorted":
-            perm = perm[torch.argsort(base_y[perm], stable=True)]
-        parts.append(TensorStream(shifted[perm], base_y[perm], name, spec.batch_size))
+    for k, (name, x) in enumerate(zip(names, shifted, strict=True)):
+        perm = pairs[pairs[:, 0] == k, 1]
+        parts.append(TensorStream(x[perm], base_y[perm], name, spec.batch_size))
     return ConcatStream(parts, spec=spec)
+
+
+def domain_images(images: Tensor, labels: Tensor, per_domain: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``per_domain`` test images (a seeded subset, in a seeded order) that every domain shifts:
+    ``(images, labels, indices)``, the indices into the test set (which key each image's shift draws)."""
+    n = min(int(per_domain), len(images))
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[pick].contiguous(), labels[pick], pick
+
+
+def sample_plan(labels: Tensor, names: list[str], schedule: str, sample: Any, seed: int) -> Tensor:
+    """The stream's (domain id, row) pairs in stream order, ``[len(names) * N, 2]``.
+
+    ``labels`` are the ``N`` images' labels (the same images in every domain), ``names`` the domains in
+    stream order (:func:`scheduled_domains`). Outside the mixed schedule the pairs run domain by domain
+    (each domain in its own seeded order, batches cut within a domain); in the mixed schedule every pair is
+    pooled and ordered at once (batches cut across domains). :func:`embedded_stream` and the objective lab
+    (``benchmarks/objective_lab.py``) both order their samples with this function.
+    """
+    from streams.orders import arrange
+
+    n, k = len(labels), len(names)
+
+    def order_seed(key: int) -> int:
+        return zlib.crc32(f"{key}:{sample.spelled}".encode())
+
+    if schedule == "mixed":
+        pairs = torch.stack([torch.arange(k).repeat_interleave(n), torch.arange(n).repeat(k)], 1)
+        mixed_seed = zlib.crc32(f"{seed}:mixed".encode())
+        perm = torch.randperm(n * k, generator=torch.Generator().manual_seed(mixed_seed))
+        return pairs[arrange(labels.repeat(k), perm, sample, order_seed(mixed_seed))]
+    out = []
+    for d, name in enumerate(names):
+        domain_seed = zlib.crc32(f"{seed}:{name}".encode())
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(domain_seed))
+        rows = arrange(labels, perm, sample, order_seed(domain_seed))
+        out.append(torch.stack([torch.full((n,), d, dtype=torch.long), rows], 1))
+    return torch.cat(out) if out else torch.zeros(0, 2, dtype=torch.long)
+
+
+def scheduled_domains(domains: tuple[str, ...] | list[str], schedule: str) -> list[str]:
+    """The domains in stream order: ``gradual`` expands each corruption into its severities 1->5->1."""
+    if schedule != "gradual":
+        return list(domains)
+    from streams.schedules import GRADUAL_SEVERITIES
+    from streams.shifts import get_shift
+
+    out: list[str] = []
+    for name in domains:
+        base = name.partition(":")[0]
+        if get_shift(name).kind == "corruption":
+            out += [f"{base}:{s}" for s in GRADUAL_SEVERITIES]
+        else:
+            out.append(name)
+    return out
 
 
 #: every module that decides what a shift computes: ``streams.shifts`` and all the ``streams`` modules it

@@ -49,7 +49,8 @@ from streams.base import Batch, Stream, StreamSpec
 
 __all__ = [
     "IMAGENET_WNIDS", "IMAGENET_CLASSNAMES", "IMAGENET_R_WNIDS", "IMAGENET_R_CLASSNAMES",
-    "IMAGENET_R_MASK", "IMAGENET_R_INDICES", "RENDITIONS", "ORDERS", "DOWNLOAD_URL", "MAX_PIXELS", "MAX_ASPECT",
+    "IMAGENET_R_MASK", "IMAGENET_R_INDICES", "RENDITIONS", "ORDERS", "LEGACY_ORDERS", "resolve_order", "DOWNLOAD_URL",
+    "MAX_PIXELS", "MAX_ASPECT",
     "project_logits", "ImageNetRFolder", "Sample", "collate_drop_failed", "ImageNetRStream",
     "imagenet_r_stream", "from_spec", "decode_image", "list_folders", "list_images", "files_fingerprint",
 ]
@@ -63,6 +64,14 @@ RENDITIONS: tuple[str, ...] = (
     "painting", "sculpture", "sketch", "sticker", "tattoo", "toy", "videogame",
 )
 ORDERS = ("rendition", "shuffled", "mixed", "class-sorted")
+#: the old order words as (schedule, sample order) of :mod:`streams.orders` (``rendition``: files in
+#: (class, file name) order within each rendition; ``class-sorted``: every file in ImageFolder order)
+LEGACY_ORDERS: dict[str, tuple[str, str]] = {
+    "rendition": ("continual", "given"), "shuffled": ("continual", "shuffled"), "mixed": ("mixed", "shuffled"),
+    "class-sorted": ("mixed", "given"),
+}
+#: schedules ImageNet-R supports (no severities, so no ``gradual``)
+SCHEDULES = ("continual", "reset_each_shift", "mixed")
 UNKNOWN_DOMAIN = "unknown"  # files whose name has no "<rendition>_" prefix
 #: images with more pixels than this are skipped from their header (PIL's own decompression-bomb limit)
 MAX_PIXELS = 89_478_485
@@ -347,21 +356,23 @@ class ImageNetRStream(Stream):
 
     def __init__(self, root: str | os.PathLike[str], order: str = "rendition", batch_size: int = 64,
                  seed: int = 0, image_size: int = 224, num_workers: int | None = None,
-                 renditions: Sequence[str] | None = None, limit_per_domain: int | None = None) -> None:
+                 renditions: Sequence[str] | None = None, limit_per_domain: int | None = None,
+                 schedule: str | None = None) -> None:
         super().__init__()
-        if order not in ORDERS:
-            raise ValueError(f"unknown order {order!r}; choose from {list(ORDERS)}")
+        self.schedule, self.sample_order = resolve_order(order, schedule)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if limit_per_domain is not None and limit_per_domain < 1:
             raise ValueError(f"limit_per_domain must be >= 1 or None, got {limit_per_domain}")
         self.dataset = ImageNetRFolder(root, image_size=image_size, renditions=renditions)
-        self.order, self.batch_size, self.seed = order, int(batch_size), int(seed)
+        legacy = {v: k for k, v in LEGACY_ORDERS.items()}.get((self.schedule, self.sample_order.spelled))
+        self.order, self.batch_size, self.seed = legacy or self.schedule, int(batch_size), int(seed)
         self.limit_per_domain = limit_per_domain
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else int(num_workers)
+        extra = {} if legacy else {"sample_order": self.sample_order.spelled}
         self.spec = StreamSpec.make(
-            "imagenet-r", domains=tuple(renditions or ()), order=order, batch_size=batch_size, seed=seed,
-            root=str(self.dataset.root), image_size=int(image_size), limit_per_domain=limit_per_domain)
+            "imagenet-r", domains=tuple(renditions or ()), order=self.order, batch_size=batch_size, seed=seed,
+            root=str(self.dataset.root), image_size=int(image_size), limit_per_domain=limit_per_domain, **extra)
         self._plan = self._make_plan()
 
     def _make_plan(self) -> list[_PlannedBatch]:
@@ -374,17 +385,26 @@ class ImageNetRStream(Stream):
                     pick = sorted(_seeded_perm(len(idx), self.seed, "limit:" + d)[: self.limit_per_domain])
                     by_domain[d] = [idx[k] for k in pick]
         bs = self.batch_size
-        if self.order in ("rendition", "shuffled"):
+        if self.schedule != "mixed":
             plan = []
             for d, idx in by_domain.items():
-                if self.order == "shuffled":
-                    idx = [idx[k] for k in _seeded_perm(len(idx), self.seed, "shuffle:" + d)]
+                idx = self._arranged(idx, d)
                 plan += [_PlannedBatch(tuple(idx[s:s + bs]), d) for s in range(0, len(idx), bs)]
             return plan
-        everything = sorted(i for idx in by_domain.values() for i in idx)
-        if self.order == "mixed":
-            everything = [everything[k] for k in _seeded_perm(len(everything), self.seed, "mixed")]
+        everything = self._arranged(sorted(i for idx in by_domain.values() for i in idx), "mixed")
         return [_PlannedBatch(tuple(everything[s:s + bs]), "mixed") for s in range(0, len(everything), bs)]
+
+    def _arranged(self, idx: list[int], key: str) -> list[int]:
+        """Files ``idx`` (in (class, file name) order) in the stream's sample order."""
+        from streams.orders import arrange
+
+        if self.sample_order.kind == "given":
+            return idx
+        salt = "shuffle:" + key if key != "mixed" else "mixed"
+        labels = torch.tensor([self.dataset.samples[i][1] for i in idx], dtype=torch.long)
+        perm = torch.tensor(_seeded_perm(len(idx), self.seed, salt), dtype=torch.long)
+        seed = (self.seed * 1_000_003 + zlib.crc32(f"{self.sample_order.spelled}:{key}".encode())) % (2**63)
+        return [idx[k] for k in arrange(labels, perm, self.sample_order, seed).tolist()]
 
     def __len__(self) -> int:
         return len(self._plan)
@@ -417,7 +437,9 @@ class ImageNetRStream(Stream):
                 log.warning("ImageNet-R: dropped batch of domain %r: none of its %d files could be read",
                             planned.domain, len(planned.indices))
                 continue
-            yield Batch(out["images"], out["labels"], planned.domain, index)
+            names = (tuple(self.dataset.samples[int(i)][2] for i in out["indices"])
+                     if self.schedule == "mixed" else None)
+            yield Batch(out["images"], out["labels"], planned.domain, index, names)
             index += 1
         if self.skipped:
             log.warning("ImageNet-R: skipped %d unreadable file(s) in total under %s",
@@ -434,7 +456,7 @@ class ImageNetRStream(Stream):
 def imagenet_r_stream(root: str | os.PathLike[str], order: str = "rendition", batch_size: int = 64,
                       seed: int = 0, image_size: int = 224, num_workers: int | None = None,
                       renditions: Sequence[str] | None = None,
-                      limit_per_domain: int | None = None) -> ImageNetRStream:
+                      limit_per_domain: int | None = None, schedule: str | None = None) -> ImageNetRStream:
     """An ImageNet-R stream of :class:`~streams.base.Batch` (images [B,3,S,S] in [0,1], 200-way labels).
 
     Orders (``seed`` fixes every random choice; the sequence does not depend on ``num_workers``):
@@ -443,9 +465,16 @@ def imagenet_r_stream(root: str | os.PathLike[str], order: str = "rendition", ba
       file name) within a domain; a batch never straddles two domains (a domain's last batch may be
       partial). This is the continual-shift stream.
     - ``"shuffled"``: the same domain grouping, files shuffled within each domain.
-    - ``"mixed"``: all files in one seeded permutation; ``Batch.domain`` is ``"mixed"``.
+    - ``"mixed"``: all files in one seeded permutation; ``Batch.domain`` is ``"mixed"`` and
+      ``Batch.sample_domains`` names each file's rendition.
     - ``"class-sorted"``: all files in ImageFolder order (class, then file name), as in the dataset
       authors' evaluation; domains interleave, ``Batch.domain`` is ``"mixed"``.
+
+    With ``schedule`` (``continual``, ``reset_each_shift`` or ``mixed``, :mod:`streams.orders`) ``order``
+    is a sample order instead: ``given`` ((class, file name) order), ``shuffled``, ``class-sorted``
+    (shuffled within each class) or ``dirichlet[:δ]``; ``order="dirichlet"`` alone keeps the renditions
+    one after another. The four words above are (schedule, sample order) pairs of that vocabulary
+    (:data:`LEGACY_ORDERS`).
 
     ``limit_per_domain`` keeps a seeded random subset of that many files per rendition (spread over
     classes, then ordered as above); ``renditions`` keeps only those renditions. Decoding runs in
@@ -453,7 +482,22 @@ def imagenet_r_stream(root: str | os.PathLike[str], order: str = "rendition", ba
     skipped, logged and listed in ``stream.skipped`` after iteration.
     """
     return ImageNetRStream(root, order=order, batch_size=batch_size, seed=seed, image_size=image_size,
-                           num_workers=num_workers, renditions=renditions, limit_per_domain=limit_per_domain)
+                           num_workers=num_workers, renditions=renditions, limit_per_domain=limit_per_domain,
+                           schedule=schedule)
+
+
+def resolve_order(order: str, schedule: str | None) -> tuple[str, Any]:
+    """``(schedule, SampleOrder)`` of an ImageNet-R stream (:mod:`streams.orders`): the old order words
+    alone keep their meaning (:data:`LEGACY_ORDERS`); with a ``schedule``, ``order`` is a sample order."""
+    from streams.orders import parse_sample_order, resolve
+
+    if schedule is None and order in LEGACY_ORDERS:
+        sched, sample = LEGACY_ORDERS[order]
+        return sched, parse_sample_order(sample)
+    try:
+        return resolve(order, schedule, default="given", schedules=SCHEDULES)
+    except ValueError as err:
+        raise ValueError(f"ImageNet-R: {err} (or one of the orders {', '.join(ORDERS)})") from None
 
 
 def from_spec(spec: StreamSpec, num_workers: int | None = None) -> ImageNetRStream:
@@ -461,7 +505,9 @@ def from_spec(spec: StreamSpec, num_workers: int | None = None) -> ImageNetRStre
     if spec.source != "imagenet-r":
         raise ValueError(f"spec source is {spec.source!r}, expected 'imagenet-r'")
     o = spec.opts
-    return imagenet_r_stream(o["root"], order=spec.order, batch_size=spec.batch_size, seed=spec.seed,
+    sample = o.get("sample_order")
+    return imagenet_r_stream(o["root"], order=sample or spec.order, batch_size=spec.batch_size, seed=spec.seed,
                              image_size=o.get("image_size", 224), num_workers=num_workers,
                              renditions=list(spec.domains) or None,
-                             limit_per_domain=o.get("limit_per_domain"))
+                             limit_per_domain=o.get("limit_per_domain"),
+                             schedule=spec.order if sample else None)

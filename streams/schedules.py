@@ -98,17 +98,37 @@ def setting_for(spec: StreamSpec) -> str:
 
 def corruption_spec(corruptions: Sequence[str] | None = None, order: str = "continual", severity: int = 5,
                     batch_size: int = 64, seed: int = 0, source: str = "corruptions",
-                    **options: Any) -> StreamSpec:
+                    schedule: str | None = None, **options: Any) -> StreamSpec:
     """A validated spec for a corruption stream (``source`` ``"corruptions"`` or ``"imagenet-c"``).
 
-    ``corruptions`` defaults to all 15 ImageNet-C corruptions in their canonical order.
+    ``corruptions`` defaults to all 15 ImageNet-C corruptions in their canonical order. ``order`` and
+    ``schedule`` follow :mod:`streams.orders`: ``order`` a sample order (``shuffled``, ``class-sorted``,
+    ``dirichlet[:δ]``, ``given``) or, as before, a schedule (``continual``, ``reset_each_shift``,
+    ``gradual``, ``mixed``); the spec stores the schedule as ``spec.order`` and a sample order other
+    than ``shuffled`` as the option ``sample_order`` (``given`` as ``shuffle=False``).
     """
     from streams.corruptions import CORRUPTIONS
+    from streams.orders import resolve
 
-    spec = StreamSpec.make(source, domains=tuple(corruptions or CORRUPTIONS), order=order,
+    try:
+        sched, sample = resolve(order, schedule)
+    except ValueError as err:
+        raise ValueError(f"corruption stream: {err}") from None
+    if sample.kind == "given":
+        options["shuffle"] = False
+    elif sample.kind != "shuffled":
+        options["sample_order"] = sample.spelled
+    spec = StreamSpec.make(source, domains=tuple(corruptions or CORRUPTIONS), order=sched,
                            batch_size=batch_size, seed=seed, severity=int(severity), **options)
     _check_spec(spec)
     return spec
+
+
+def _sample_order(spec: StreamSpec) -> Any:
+    """The spec's sample order (:class:`streams.orders.SampleOrder`; ``shuffled`` unless set)."""
+    from streams.orders import parse_sample_order
+
+    return parse_sample_order(spec.opts.get("sample_order", "shuffled"))
 
 
 def _other_shifts() -> frozenset[str]:
@@ -125,6 +145,8 @@ def _check_spec(spec: StreamSpec) -> None:
 
     if spec.order not in ORDERS:
         raise ValueError(f"unknown order {spec.order!r} for a corruption stream; choose from {list(ORDERS)}")
+    if _sample_order(spec).kind == "given":
+        raise ValueError("sample_order 'given' is spelled shuffle=False in a corruption spec")
     extra = _other_shifts()
     bad = [d for d in spec.domains if d not in CORRUPTIONS and d != CLEAN and d not in extra]
     if bad:
@@ -335,11 +357,29 @@ class CorruptionStream(Stream):
             return out
         return [(name, self._cond(name, self.severity)) for name in names]
 
+    def _base_labels(self) -> Tensor:
+        """The labels of the base images, in base order (for the class-sorted and Dirichlet orders)."""
+        if self.folder is not None:
+            return torch.tensor([label for _, label in self.folder.samples], dtype=torch.long)
+        return self._labels
+
+    def _sample_positions(self, idx: Tensor, key: str) -> Tensor:
+        """Positions into ``idx`` (base indices, shuffled or in base order) that put it in the spec's
+        sample order (``shuffled``: as it is)."""
+        from streams.orders import arrange
+
+        sample = _sample_order(self.spec)
+        if sample.kind == "shuffled":
+            return torch.arange(len(idx))
+        return arrange(self._base_labels()[idx], torch.arange(len(idx)), sample,
+                       _seed(self.spec.seed, f"{sample.spelled}:{key}"))
+
     def _make_plan(self) -> list[_Planned]:
         n, seed, bs = self.num_base, self.spec.seed, self.spec.batch_size
         shuffle = bool(self.spec.opts.get("shuffle", True))
         limit = self.spec.opts.get("limit_per_domain")
         segments = self._segments()
+        self.segment_names = {cond: domain for domain, cond in segments}
         plan: list[_Planned] = []
         if self.spec.order == "mixed":
             parts_i, parts_c = [], []
@@ -352,6 +392,8 @@ class CorruptionStream(Stream):
             all_i, all_c = torch.cat(parts_i), torch.cat(parts_c)
             order = _perm(len(all_i), seed, "mixed") if shuffle else torch.arange(len(all_i))
             all_i, all_c = all_i[order], all_c[order]
+            local = self._sample_positions(all_i, "mixed")
+            all_i, all_c = all_i[local], all_c[local]
             for start in range(0, len(all_i), bs):
                 plan.append(_Planned("mixed", all_i[start:start + bs], all_c[start:start + bs], len(plan)))
             return plan
@@ -361,6 +403,7 @@ class CorruptionStream(Stream):
                 idx = idx[: int(limit)]
             elif limit is not None and n > limit:
                 idx = _perm(n, seed, f"limit:{s}:{domain}")[: int(limit)].sort().values
+            idx = idx[self._sample_positions(idx, f"{s}:{domain}")]
             for start in range(0, len(idx), bs):
                 chunk = idx[start:start + bs]
                 plan.append(_Planned(domain, chunk, torch.full((len(chunk),), cond, dtype=torch.long), len(plan)))
@@ -401,7 +444,9 @@ class CorruptionStream(Stream):
             if on_device:
                 images = apply_conditions(images.to(self.device, non_blocking=True), out["conds"],
                                           self.conditions, self.spec.seed, out["indices"])
-            yield Batch(images, out["labels"], planned.domain, index)
+            mixed = (tuple(self.segment_names[int(c)] for c in out["conds"])
+                     if self.spec.order == "mixed" else None)
+            yield Batch(images, out["labels"], planned.domain, index, mixed)
             index += 1
         if self.skipped:
             log.warning("corruption stream: skipped %d unreadable file(s) in total", len(self.skipped))
@@ -470,7 +515,7 @@ def build_stream(spec: StreamSpec, *, images: Tensor | None = None, labels: Tens
     if spec.source == "imagenet-r":
         from streams.imagenet_r import from_spec
 
-        if spec.order in ("continual", "reset_each_shift"):
+        if spec.order in ("continual", "reset_each_shift") and "sample_order" not in spec.opts:
             spec = dataclasses.replace(spec, order="rendition")
         return from_spec(spec, num_workers=num_workers)
     if spec.source == "imagenet-c":

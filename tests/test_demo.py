@@ -212,3 +212,24 @@ def test_e2e_of_several_endpoints_is_the_plain_demo(demo_run, endpoints_run):
             batches = [[r for r in map(json.loads, (where / f"{name}.jsonl").read_text().splitlines())
                         if r["type"] == "batch"] for where in (out, plain_out)]
             assert [r["correct"] for r in batches[0]] == [r["correct"] for r in batches[1]], name
+
+
+def test_mixed_dirichlet_demo_reports_every_domain(demo_run, tmp_path):
+    """``--schedule mixed --order dirichlet``: every batch mixes the domains; the table and summary are per
+    sample domain, and every domain holds all its images."""
+    root = demo_run[0].parent  # the module's cache: the tiny world is already trained
+    out = tmp_path / "mixed"
+    printed = _tiny_demo(root, out, "--methods", "zeroshot,finetuned,wiseft,oracle,adawise-windowed",
+                         "--schedule", "mixed", "--order", "dirichlet")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["order"] == "mixed" and summary["stream_spec"]["options"]["sample_order"] == "dirichlet:0.1"
+    assert summary["domains"] == ["clean", "invert", "gaussian_noise"]
+    for name in ("zeroshot", "adawise-windowed"):
+        assert set(summary["accuracy"][name]) == {"clean", "invert", "gaussian_noise"}
+    records = [json.loads(line) for line in (out / "adawise-windowed.jsonl").read_text().splitlines()]
+    counts = {}
+    for r in records:
+        for d, (n, _) in r.get("by_domain", {}).items():
+            counts[d] = counts.get(d, 0) + n
+    assert counts == {"clean": 48, "invert": 48, "gaussian_noise": 48}
+    assert "schedule mixed" in printed

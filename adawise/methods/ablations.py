@@ -59,6 +59,8 @@ class BatchSweep:
     correct: list[int] | None
     best: int
     logits: Tensor | None  # logits at alphas[best] when kept
+    #: with ``sample_domains``: per domain of the batch's samples, (count, correct at each α)
+    by_domain: dict[str, tuple[int, list[int]]] | None = None
 
 
 def sweep_batch(
@@ -68,12 +70,14 @@ def sweep_batch(
     objectives: str | Sequence[str] = "entropy",
     labels: Tensor | None = None,
     keep_logits: bool = True,
+    sample_domains: Sequence[str] | None = None,
 ) -> BatchSweep:
     """Evaluate θ(α) on ``images`` for every α (full-batch passes, in place through ``evaluator``).
 
     Every objective is computed from the same pass. The anchored objective's anchor is the α = 0
     pass (made first; an extra pass when 0 is not in ``alphas``). Only the best α's logits (by the
-    first objective) are kept.
+    first objective) are kept. With ``labels`` and ``sample_domains`` (a batch that mixes domains) the
+    correct counts are also kept per sample domain.
     """
     names = [objectives] if isinstance(objectives, str) else list(objectives)
     for name in names:
@@ -83,20 +87,26 @@ def sweep_batch(
     anchor = evaluator.logits(0.0, images) if any(n in NEEDS_ANCHOR for n in names) else None
     values: dict[str, list[float]] = {n: [] for n in names}
     correct: list[int] | None = [] if labels is not None else None
+    groups = ({d: torch.tensor([x == d for x in sample_domains]) for d in dict.fromkeys(sample_domains)}
+              if labels is not None and sample_domains is not None else None)
+    by_domain = {d: (int(m.sum()), []) for d, m in groups.items()} if groups else None
     best, best_value, best_logits = 0, math.inf, None
     for i, a in enumerate(alphas):
         logits = anchor if (anchor is not None and a == 0.0) else evaluator.logits(a, images)
         for n in names:
             values[n].append(finite_objective(n, logits, anchor if n in NEEDS_ANCHOR else None)[0])
         if correct is not None:
-            correct.append(int((logits.argmax(-1).cpu() == labels.cpu()).sum()))
+            hits = logits.argmax(-1).cpu() == labels.cpu()
+            correct.append(int(hits.sum()))
+            for d, m in (groups or {}).items():
+                by_domain[d][1].append(int(hits[m].sum()))
         value = values[names[0]][-1]
         improved = value < best_value
         if improved:
             best, best_value = i, value
         if keep_logits and (improved or i == 0):  # the first α's logits stand in when none is finite
             best_logits = logits
-    return BatchSweep(list(alphas), values, correct, best, best_logits)
+    return BatchSweep(list(alphas), values, correct, best, best_logits, by_domain)
 
 
 @dataclass
@@ -104,7 +114,9 @@ class StreamSweep:
     """Every batch of a stream at every α of a grid.
 
     ``objectives[name]`` and ``correct`` are [batches, alphas]; ``sizes`` [batches]; ``domains`` the
-    domain of each batch.
+    domain of each batch. A stream whose batches mix domains (``Batch.sample_domains``) also keeps
+    ``sample_counts`` (sample domain -> (images, correct at each α)); :meth:`accuracy_per_domain` then
+    reports those domains, while :meth:`oracle_alphas` (what a per-batch α can follow) stays per batch domain.
     """
 
     alphas: list[float]
@@ -112,13 +124,17 @@ class StreamSweep:
     correct: Tensor
     sizes: Tensor
     domains: list[str] = field(default_factory=list)
+    sample_counts: dict[str, tuple[int, Tensor]] | None = None
 
     def _values(self, objective: str | None) -> Tensor:
         name = objective or next(iter(self.objectives))
         return torch.nan_to_num(self.objectives[name], nan=math.inf)
 
-    def accuracy_per_domain(self) -> dict[str, Tensor]:
-        """Accuracy at each α, per domain (in order of first appearance)."""
+    def accuracy_per_domain(self, per_sample: bool = True) -> dict[str, Tensor]:
+        """Accuracy at each α, per domain (in order of first appearance): per sample domain where batches
+        mix domains (unless ``per_sample=False``), else per batch domain."""
+        if per_sample and self.sample_counts:
+            return {d: c.double() / n for d, (n, c) in self.sample_counts.items()}
         out: dict[str, Tensor] = {}
         for d in dict.fromkeys(self.domains):
             mask = torch.tensor([x == d for x in self.domains])
@@ -126,8 +142,10 @@ class StreamSweep:
         return out
 
     def oracle_alphas(self) -> dict[str, float]:
-        """Per domain, the α with the best accuracy (the lowest such α on ties)."""
-        return {d: self.alphas[int(torch.argmax(acc))] for d, acc in self.accuracy_per_domain().items()}
+        """Per batch domain, the α with the best accuracy (the lowest such α on ties); a stream whose
+        batches mix domains has one batch domain, ``"mixed"``."""
+        return {d: self.alphas[int(torch.argmax(acc))]
+                for d, acc in self.accuracy_per_domain(per_sample=False).items()}
 
     def grid_choice(self, objective: str | None = None) -> Tensor:
         """Per batch, the index of the α minimising the objective (first of ties; NaN never wins)."""
@@ -159,13 +177,19 @@ def sweep_stream(
     names = [objectives] if isinstance(objectives, str) else list(objectives)
     objs: dict[str, list[list[float]]] = {n: [] for n in names}
     corr, sizes, domains = [], [], []
+    samples: dict[str, tuple[int, Tensor]] = {}
     for batch in stream:
-        r = sweep_batch(evaluator, batch.images, alphas, names, labels=batch.labels, keep_logits=False)
+        mixed = getattr(batch, "sample_domains", None)
+        r = sweep_batch(evaluator, batch.images, alphas, names, labels=batch.labels, keep_logits=False,
+                        sample_domains=mixed)
         for n in names:
             objs[n].append(r.objectives[n])
         corr.append(r.correct)
         sizes.append(len(batch.labels))
         domains.append(batch.domain)
+        for d, (count, right) in (r.by_domain or {}).items():
+            n0, c0 = samples.get(d, (0, torch.zeros(len(alphas), dtype=torch.long)))
+            samples[d] = (n0 + count, c0 + torch.tensor(right, dtype=torch.long))
     shape = (len(sizes), len(alphas))
     return StreamSweep(
         list(alphas),
@@ -173,6 +197,7 @@ def sweep_stream(
         torch.tensor(corr, dtype=torch.long).reshape(shape),
         torch.tensor(sizes, dtype=torch.long),
         domains,
+        samples or None,
     )
 
 

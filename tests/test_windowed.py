@@ -1,0 +1,184 @@
+"""The windowed objective (ProportionWindow) and adawise-windowed, on constructed cases with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import adawise
+from adawise.loop import run_stream
+from adawise.methods.adawise import AdaWiSE
+from adawise.objectives import ProportionWindow, entropy
+from streams.base import ConcatStream, TensorStream
+
+C = 10
+
+
+def linear(weight: torch.Tensor) -> nn.Module:
+    model = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    return model.eval().requires_grad_(False)
+
+
+def collapsed_pair() -> tuple[nn.Module, nn.Module]:
+    """On images = one-hot class features + noise + a constant feature: a zero-shot model that reads the
+    class off the features (right, unsure) and a "fine-tuned" model that has collapsed: it calls every
+    image class 0 with probability 0.98, whatever it shows."""
+    zs = torch.zeros(C, C + 1)
+    zs[:, :C] = 1.5 * torch.eye(C)
+    ft = torch.zeros(C, C + 1)
+    ft[0, C] = 6.0
+    return linear(zs), linear(ft)
+
+
+def images(labels: torch.Tensor, noise: float = 0.3, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = nn.functional.one_hot(labels, C).float() + noise * torch.randn(len(labels), C, generator=g)
+    return torch.cat([x, torch.ones(len(labels), 1)], 1)
+
+
+# ------------------------------------------------------------------------------------------ the window
+def test_interpolation_is_exact_for_logits_quadratic_in_alpha():
+    g = torch.Generator().manual_seed(0)
+    a0, a1, a2 = (torch.randn(5, C, generator=g) for _ in range(3))
+
+    def z(alpha: float) -> torch.Tensor:
+        return a0 + alpha * a1 + alpha**2 * a2
+
+    window = ProportionWindow(rows=20)
+    window.add(z(0.0), z(0.3), z(1.0), 0.3)
+    for alpha in (0.0, 0.1, 0.3, 0.55, 1.0):
+        torch.testing.assert_close(window.logits(alpha), z(alpha), atol=1e-5, rtol=1e-5)
+    linear_only = ProportionWindow(rows=20)
+    linear_only.add(z(0.0), z(0.0), z(1.0), 0.0)  # centre at an endpoint: linear between the endpoints
+    torch.testing.assert_close(linear_only.logits(0.4), 0.6 * z(0.0) + 0.4 * z(1.0))
+
+
+def test_window_keeps_the_last_rows_and_drops_broken_ones():
+    window = ProportionWindow(rows=6)
+    assert len(window) == 0 and window.penalty(0.7) == 0.0
+    for k in range(4):
+        z = torch.full((2, C), float(k))
+        window.add(z, z, z, 0.5)
+    assert len(window) == 6 and torch.equal(window.z0[:, 0], torch.tensor([1.0, 1, 2, 2, 3, 3]))
+    bad = torch.zeros(3, C)
+    bad[1, 2] = math.nan
+    window.add(bad, bad, bad, 0.5)
+    assert len(window) == 6 and int(torch.isfinite(window.z0).all(-1).sum()) == 6
+    with pytest.raises(ValueError, match="classes"):
+        window.add(torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), 0.5)
+
+
+def test_penalty_is_zero_when_the_models_agree_and_grows_with_collapse():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(40, C, generator=g)
+    same = ProportionWindow(rows=40)
+    same.add(z, z, z, 0.5)
+    assert same.penalty(1.0) == pytest.approx(0.0, abs=1e-6)
+    sink = torch.zeros(40, C)
+    sink[:, 3] = 9.0  # θ(1) sends every row to class 3
+    collapse = ProportionWindow(rows=40)
+    collapse.add(z, 0.5 * (z + sink), sink, 0.5)
+    values = [collapse.penalty(a) for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert values[0] == pytest.approx(0.0, abs=1e-6) and all(b > a for a, b in zip(values, values[1:], strict=False))
+    half = ProportionWindow(rows=80)  # the same rows in a window half full: the ramp halves the penalty
+    half.add(z, 0.5 * (z + sink), sink, 0.5)
+    assert half.penalty(1.0) == pytest.approx(0.5 * values[-1], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ the method
+def test_collapsed_fine_tuned_model_is_caught():
+    """Entropy follows the collapsed model to α = 1 (10% accuracy); the windowed objective moves to the
+    zero-shot end once its window has filled, and keeps the zero-shot model's accuracy."""
+    zs, ft = collapsed_pair()
+    labels = torch.arange(64 * 40) % C
+    x = images(labels)
+    results = {}
+    for name in ("adawise", "adawise-windowed"):
+        method = adawise.make_method(name, zeroshot=zs, finetuned=ft)
+        results[name] = run_stream(method, TensorStream(x, labels, "shifted", 64), progress=False)
+    assert results["adawise"].accuracy < 0.2 and min(results["adawise"].alphas[1:]) > 0.9
+    windowed = results["adawise-windowed"]
+    assert max(windowed.alphas[20:]) < 0.2
+    assert sum(r["correct"] for r in windowed.records[20:]) / (20 * 64) > 0.9
+
+
+def test_single_class_window_is_not_taken_for_a_collapse():
+    """Every image is of one class and both models say so, the fine-tuned one more confidently: nothing
+    has drifted, and the windowed objective keeps the confident end (entropy's answer, α = 1)."""
+    w = torch.cat([1.5 * torch.eye(C), torch.zeros(C, 1)], 1)
+    zs, ft = linear(w), linear(4.0 * w)
+    labels = torch.full((640,), 7)
+    method = adawise.make_method("adawise-windowed", zeroshot=zs, finetuned=ft)
+    x = images(labels)
+    result = run_stream(method, TensorStream(x, labels, "one class", 64), progress=False)
+    assert min(result.alphas) >= 0.9  # the confident end, as entropy alone would choose
+    with torch.no_grad():  # both models (and every θ(α)) classify alike here
+        assert result.accuracy == pytest.approx(float((zs(x).argmax(-1) == labels).float().mean()))
+
+
+def test_uncertain_rows_are_mixed_with_the_zero_shot_model():
+    zs, ft = collapsed_pair()
+    x = images(torch.arange(64) % C)
+    engine = AdaWiSE(zs, ft, objective="windowed", mix_threshold=0.0, init_alpha=1.0, drift_z=None,
+                     search_on_jump=None, probe_evals=0)
+    out = engine(x)  # every row is above a threshold of 0: all mixed
+    assert engine.info["mixed_rows"] == 64
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(64))  # log-probabilities
+    with torch.no_grad():
+        la = (1 - engine.alpha) * zs(x) + engine.alpha * ft(x)  # one linear layer: θ(α)'s logits
+        pa, p0 = torch.softmax(la, -1), torch.softmax(zs(x), -1)
+        lam = torch.sigmoid(entropy(zs(x)) - entropy(la))[:, None]
+    torch.testing.assert_close(out.exp(), lam * pa + (1 - lam) * p0, atol=1e-5, rtol=1e-4)
+    plain = AdaWiSE(zs, ft, objective="windowed", mix_threshold=1.0)  # nothing above log(C): none mixed
+    plain(x)
+    assert plain.info["mixed_rows"] == 0
+
+
+def test_reset_reproduces_every_choice():
+    zs, ft = collapsed_pair()
+    labels = torch.arange(1280) % C
+    x = images(labels, seed=3)
+    parts = [TensorStream(x[:640], labels[:640], "a", 32), TensorStream(x[640:] * 0.3, labels[640:], "b", 32)]
+    stream = ConcatStream(parts)
+    method = adawise.make_method("adawise-windowed", zeroshot=zs, finetuned=ft)
+    first = run_stream(method, stream, progress=False)
+    assert method.info["window_rows"] > 0
+    method.reset()
+    assert method.info == {"forward_passes": 0.0} and len(method._s.window) == 0
+    torch.manual_seed(99)
+    second = run_stream(method, stream, progress=False)
+    fresh = run_stream(adawise.make_method("adawise-windowed", zeroshot=zs, finetuned=ft), stream, progress=False)
+    assert first.alphas == second.alphas == fresh.alphas
+    assert [r["correct"] for r in first.records] == [r["correct"] for r in second.records]
+    reset = run_stream(method, stream, setting="reset_each_shift", progress=False)
+    assert reset.records[20]["window_rows"] <= 32  # restarted with the new domain (32 fill rows)
+
+
+@pytest.mark.parametrize("name", ["adawise", "adawise-infomax", "adawise-anchored", "adawise-windowed"])
+def test_batch_of_one_end_to_end(name, tmp_path):
+    zs, ft = collapsed_pair()
+    labels = torch.arange(30) % C
+    stream = TensorStream(images(labels, seed=4), labels, "single", 1)
+    method = adawise.make_method(name, zeroshot=zs, finetuned=ft)
+    result = run_stream(method, stream, log=tmp_path / f"{name}.jsonl", progress=False)
+    assert len(result.records) == 30 and all(r["n"] == 1 for r in result.records)
+    assert all(a is not None and 0.0 <= a <= 1.0 for a in result.alphas)
+    assert (tmp_path / f"{name}.jsonl").read_text().count('"type": "batch"') == 30
+
+
+def test_windowed_options_are_checked():
+    zs, ft = collapsed_pair()
+    with pytest.raises(ValueError, match="divergence"):
+        AdaWiSE(zs, ft, objective="windowed", window_divergence="cosine")
+    with pytest.raises(ValueError, match="mix_threshold"):
+        AdaWiSE(zs, ft, objective="windowed", mix_threshold=2.0)
+    with pytest.raises(ValueError, match="window_fill"):
+        AdaWiSE(zs, ft, objective="windowed", window_fill=0)
+    method = adawise.make_method("adawise-windowed", zeroshot=zs, finetuned=ft)
+    assert method.objective == "windowed" and method.options()["mix_threshold"] == 0.3
+    assert "adawise-windowed" in adawise.registered_methods()
