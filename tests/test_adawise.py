@@ -11,8 +11,8 @@ from torch import nn
 
 import adawise
 from adawise.methods.adawise import PRESETS, AdaWiSE
-from adawise.objectives import entropy
-from adawise.weights import interpolate
+from adawise.core.objectives import entropy
+from adawise.core.weights import interpolate
 
 D, C = 16, 10
 

@@ -9,8 +9,8 @@ import torch
 from botorch.acquisition import LogExpectedImprovement
 
 import adawise
-from adawise import bayesopt
-from adawise.bayesopt import BayesOpt1D
+from adawise.core import bayesopt
+from adawise.core.bayesopt import BayesOpt1D
 
 
 def _two_minima(x: float) -> float:

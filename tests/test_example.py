@@ -19,7 +19,7 @@ from conftest import TINY_CLIP_CFG
 from imagenet_r_fixture import make_imagenet_r_folder
 from PIL import Image
 
-from adawise import experiment
+from adawise.apps import experiment
 from adawise.cli import main as cli_main
 from adawise.methods.registry import registered_methods
 from streams.imagenet_r import (

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import adawise
-from adawise import report
+from adawise.apps import report
 from adawise.cli import main as cli_main
-from adawise.logs import JsonlWriter, format_table, read_jsonl, read_run, to_jsonable
+from adawise.evaluation.logs import JsonlWriter, format_table, read_jsonl, read_run, to_jsonable
 from adawise.methods.base import Method
 from streams.base import ConcatStream, TensorStream
 

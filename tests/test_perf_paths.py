@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from adawise import weights as weights_mod
+from adawise.core import weights as weights_mod
 from adawise.methods.adawise import AdaWiSE, AlphaEvaluator
-from adawise.weights import WeightSpace, interpolate
+from adawise.core.weights import WeightSpace, interpolate
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import adawise
 from adawise.methods.static import mix_probabilities
-from adawise.zsf import ZSFIndex, build_zsf_index, fit_temperature, kth_distance, reference_k, vrf_weight
+from adawise.methods.zsf import ZSFIndex, build_zsf_index, fit_temperature, kth_distance, reference_k, vrf_weight
 from streams.base import from_tensors
 
 D = C = 6
@@ -291,7 +291,7 @@ def test_vrf_refuses_index_of_other_models() -> None:
 
 
 def _cli_args(*argv: str) -> argparse.Namespace:
-    from adawise import vrf_cli
+    from adawise.apps import vrf_index as vrf_cli
 
     parser = argparse.ArgumentParser()
     vrf_cli.add_arguments(parser)
@@ -299,7 +299,7 @@ def _cli_args(*argv: str) -> argparse.Namespace:
 
 
 def test_cli_embedded(tmp_path, monkeypatch, capsys) -> None:
-    from adawise import vrf_cli
+    from adawise.apps import vrf_index as vrf_cli
 
     zs, ft = toy_pair()
     images, labels, _, _ = constructed_data()
@@ -325,7 +325,7 @@ def test_cli_embedded(tmp_path, monkeypatch, capsys) -> None:
 
 
 def test_cli_errors(tmp_path, capsys) -> None:
-    from adawise import vrf_cli
+    from adawise.apps import vrf_index as vrf_cli
     from adawise.errors import MissingFileError, UsageError
 
     with pytest.raises(UsageError, match="missing: --pretrained --finetuned --source-data"):

@@ -28,7 +28,7 @@ from adawise.methods.adawise import AlphaEvaluator, WeightSpaceMethod
 from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_same_classes, mix_probabilities
-from adawise.objectives import NEEDS_ANCHOR, OBJECTIVES, entropy, finite_objective
+from adawise.core.objectives import NEEDS_ANCHOR, OBJECTIVES, entropy, finite_objective
 
 __all__ = ["GridSearch", "Oracle", "DaWin", "BatchSweep", "StreamSweep", "sweep_batch", "sweep_stream",
            "alpha_grid"]

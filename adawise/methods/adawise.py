@@ -46,11 +46,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adawise.bayesopt import BayesOpt1D
+from adawise.core.bayesopt import BayesOpt1D
 from adawise.methods.base import Method
 from adawise.methods.registry import register
-from adawise.objectives import NEEDS_ANCHOR, NEEDS_WINDOW, OBJECTIVES, ProportionWindow, entropy, finite_objective
-from adawise.weights import WeightSpace, check_dtypes
+from adawise.core.objectives import NEEDS_ANCHOR, NEEDS_WINDOW, OBJECTIVES, ProportionWindow, entropy, finite_objective
+from adawise.core.weights import WeightSpace, check_dtypes
 
 __all__ = ["AdaWiSE", "AlphaEvaluator", "WeightSpaceMethod", "PRESETS", "SearchState"]
 
@@ -62,7 +62,7 @@ class AlphaEvaluator:
     """One private copy of the model whose weights are θ(α), written in place; timed forward passes.
 
     The copy is made once (from the fine-tuned module, put in eval mode, gradients off); a
-    :class:`~adawise.weights.WeightSpace` holds flat fp32 masters of both endpoints and lerps into
+    :class:`~adawise.core.weights.WeightSpace` holds flat fp32 masters of both endpoints and lerps into
     it, so changing α allocates nothing. The given modules' values are only read.
 
     CUDA graphs: on a CUDA device the forward pass of each input shape (the full batch, the probe
@@ -80,7 +80,7 @@ class AlphaEvaluator:
         device: where the live model runs (default: where ``finetuned``'s parameters are).
         amp_dtype: if set (e.g. ``torch.bfloat16``), forward passes run under ``torch.autocast``.
         share_masters: let the fp32 masters be the endpoint modules' own storage where they are fp32
-            on the live model's device (:class:`~adawise.weights.WeightSpace` ``share``): saves two
+            on the live model's device (:class:`~adawise.core.weights.WeightSpace` ``share``): saves two
             model copies; the endpoints then share storage with the engine (same values, so they
             compute the same; changing them in place changes the engine). ``False``: private copies.
         cuda_graphs: capture and replay forward passes as CUDA graphs (``None``: on a CUDA device).
@@ -390,11 +390,11 @@ class SearchState:
     its own state (α, centre, drift statistics, counters, last ``info``), the optimizer's
     (observations, hyperparameters, fit counters) and the optimizer generator's RNG state.
     :meth:`AdaWiSE.search_state` / :meth:`AdaWiSE.load_search_state` move it in and out, so one
-    engine (one live model) can serve many streams (:class:`adawise.multistream.MultiStreamAdaWiSE`).
+    engine (one live model) can serve many streams (:class:`adawise.evaluation.multistream.MultiStreamAdaWiSE`).
     """
 
     search: _State
-    bo: Any  # adawise.bayesopt's state object
+    bo: Any  # adawise.core.bayesopt's state object
     rng: Tensor
 
 
@@ -435,7 +435,7 @@ class AdaWiSE(WeightSpaceMethod):
     Options (keyword-only; each overrides the preset's value, see :data:`PRESETS`):
         preset: ``"fast"`` (default) or ``"faithful"`` (module docstring).
         objective: ``"entropy"`` (default, the paper's), ``"infomax"`` or ``"anchored"``
-            (:mod:`adawise.objectives`). ``anchored`` costs one full pass at α = 0 per batch
+            (:mod:`adawise.core.objectives`). ``anchored`` costs one full pass at α = 0 per batch
             (reused when α = 0 is evaluated on the full batch anyway).
         init_alpha: α in force before the first batch (0.5).
         track: evaluate the centre α on the full batch first and search warm (fast), or run a cold
@@ -491,7 +491,7 @@ class AdaWiSE(WeightSpaceMethod):
         posterior: ``"botorch"`` or ``"closed_form"`` (same GP, about 15x less overhead).
         grid_size, acquisition, ucb_beta, incumbent, acq_optimizer, min_distance: :class:`BayesOpt1D`.
         window_rows, window_stride, window_fill, window_weight, window_divergence, window_restart: the
-            ``windowed`` objective's :class:`~adawise.objectives.ProportionWindow`: it holds ``window_rows``
+            ``windowed`` objective's :class:`~adawise.core.objectives.ProportionWindow`: it holds ``window_rows``
             rows (128), one per ``window_stride`` images (8: evenly strided rows of each batch, entered after
             the prediction, with their logits at α = 0 and α = 1 from two small passes and at the centre
             from the batch's full pass), ``window_fill`` rows of the batch when it is empty (32); its term

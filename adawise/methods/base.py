@@ -1,6 +1,6 @@
 """The one interface every method implements, adaptive or not.
 
-Online protocol (the loop in :mod:`adawise.loop` is the only place that drives it):
+Online protocol (the loop in :mod:`adawise.evaluation.loop` is the only place that drives it):
 
 1. ``prepare(stream)`` once before a run (no-op except label-using upper bounds such as ``oracle``);
 2. for each batch: ``on_domain(domain)`` when the domain changes, ``logits = method(images)``

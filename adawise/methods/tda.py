@@ -65,8 +65,8 @@ from adawise.errors import DataError, UsageError
 from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_alpha, merged_copy
-from adawise.objectives import entropy
-from adawise.zsf import check_encodes
+from adawise.core.objectives import entropy
+from adawise.methods.zsf import check_encodes
 
 __all__ = ["TDA", "FeatureCache", "head_scale", "UPDATES"]
 

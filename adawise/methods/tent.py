@@ -55,7 +55,7 @@ from adawise.errors import ModelMismatchError, UsageError
 from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_alpha, merged_copy
-from adawise.objectives import entropy
+from adawise.core.objectives import entropy
 
 __all__ = ["Tent", "norm_parameters", "NORM_LAYERS"]
 

@@ -34,7 +34,7 @@ from adawise.models.checkpoints import (
     save_state_dict,
     weights_hash,
 )
-from adawise.weights import check_compatible
+from adawise.core.weights import check_compatible
 
 __all__ = [
     "CLIPClassifier",

@@ -18,7 +18,7 @@ records the setting, seed, stream spec (with the list of files for folder stream
 library versions, device, model provenance and a content hash of the weights of every model the method
 was given; its ``config_hash`` covers everything that decides the results. Every batch record names its
 batch: index, domain, ``n``, a fingerprint of its labels and a sample of its pixels, the header's
-``config_hash``. A writer holds a lock on the log (:func:`adawise.logs.exclusive`): a second run on the
+``config_hash``. A writer holds a lock on the log (:func:`adawise.evaluation.logs.exclusive`): a second run on the
 same log is refused at once.
 
 Resume (``resume=True``) repairs what a crash leaves and refuses what a crash cannot leave. A torn or
@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from adawise.errors import AccessError, DataError, InputTypeError, LogError, ResumeError, UsageError
-from adawise.logs import (
+from adawise.evaluation.logs import (
     JsonlWriter,
     check_run,
     domain_counts,
@@ -58,7 +58,7 @@ from adawise.logs import (
 )
 from adawise.methods.base import Method
 from adawise.models.checkpoints import weights_hash
-from adawise.objectives import entropy
+from adawise.core.objectives import entropy
 from streams.base import Batch, Stream
 
 __all__ = ["run_stream", "StreamResult", "SETTINGS", "LOG_FORMAT", "batch_fingerprint", "model_weights"]
@@ -347,7 +347,7 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
         method: a :class:`~adawise.methods.base.Method` (see :func:`adawise.make_method`).
         stream: an iterable of :class:`~streams.base.Batch`.
         log: JSONL path; a readable table is written beside it (``.txt``, see
-            :func:`adawise.logs.table_path`). ``None``: no files. The log is locked while the run writes it.
+            :func:`adawise.evaluation.logs.table_path`). ``None``: no files. The log is locked while the run writes it.
         setting: ``"continual"`` or ``"reset_each_shift"`` (reset at every domain boundary).
         seed: seeds torch's global RNG before the run (written to the header).
         config: free-form run configuration for the header (e.g. the CLI arguments).

@@ -1,7 +1,7 @@
 """``adawise demo``: every method on the embedded world's continual stream, with a table and plots.
 
 Builds (first run, about 9 minutes on 2 CPU cores) or loads the embedded world
-(:mod:`adawise.models.embedded`), streams the clean test domain followed by a continual sequence of
+(:mod:`adawise.embedded.world`), streams the clean test domain followed by a continual sequence of
 shifts (:mod:`streams.shifts`), sweeps the stream once over an α grid, runs each method through
 :func:`adawise.run_stream` and writes to ``--out``: ``<method>.jsonl`` logs, ``summary.json``,
 ``table.md`` and PNG plots (accuracy per domain, α over the stream, objectives and accuracy vs α).
@@ -16,10 +16,10 @@ logits of each batch from it as well. All of these are the logits the registered
 their own (same θ(α), same forward), which a test checks; the other methods run their own passes.
 
 ``--recipes e2e,r-adapter,drm`` runs all of the above once per fine-tuned endpoint (the ``--recipe`` with
-that endpoint, :data:`adawise.models.embedded.ENDPOINTS`; the zero-shot model is the same), on the same
+that endpoint, :data:`adawise.embedded.world.ENDPOINTS`; the zero-shot model is the same), on the same
 stream: e2e writes into ``--out`` exactly what a run without the option writes, every other endpoint writes
 ``summary-<endpoint>.json`` into ``--out`` and its logs, table and plots into ``--out/<endpoint>/``. With
-several endpoints :mod:`adawise.demo_endpoints` then compares them (``endpoints.md``, ``endpoints.json``,
+several endpoints :mod:`adawise.apps.demo_endpoints` then compares them (``endpoints.md``, ``endpoints.json``,
 ``endpoints.png``).
 
 Every option is checked before the world is built or loaded (:func:`check_args`: a first run trains for
@@ -220,7 +220,7 @@ def _build(name: str, world: Any, args: argparse.Namespace, record: _Recorder) -
 def _zsf_index(world: Any, args: argparse.Namespace) -> Any:
     """VRF's Zero-Shot-Failure index over the world's fine-tuning data, cached beside the weights."""
     from adawise.methods.vrf import check_index_models
-    from adawise.zsf import ZSFIndex, build_zsf_index
+    from adawise.methods.zsf import ZSFIndex, build_zsf_index
     from streams.base import from_tensors
 
     path = Path(world.cache_dir) / "zsf.safetensors"
@@ -286,7 +286,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--domains is empty; pass comma-separated shift names such as clean,gaussian_noise")
     recipes = _endpoints(args, domains)
     if recipes is None:
-        from adawise.models.embedded import EmbeddedRecipe
+        from adawise.embedded.world import EmbeddedRecipe
 
         _resolve_recipe(EmbeddedRecipe, args.recipe)
     if args.data is not None:
@@ -317,7 +317,7 @@ def _resolve_recipe(cls: Any, recipe: Any) -> Any:
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Everything ``adawise demo`` does; returns the summary that is written to ``summary.json`` (with
     several ``--recipes``: the combined numbers written to ``endpoints.json``)."""
-    from adawise.logs import exclusive
+    from adawise.evaluation.logs import exclusive
 
     checked = check_args(args)
     threads = torch.get_num_threads()
@@ -333,7 +333,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 def _endpoints(args: argparse.Namespace, domains: list[str] | None) -> dict[str, Any] | None:
     """``--recipes`` as endpoint name -> recipe (the ``--recipe`` with that endpoint), checked before any work;
     ``None`` without ``--recipes``: the ``--recipe``'s own world, written into ``--out`` as always."""
-    from adawise.models.embedded import ENDPOINTS, EmbeddedRecipe
+    from adawise.embedded.world import ENDPOINTS, EmbeddedRecipe
 
     if getattr(args, "recipes", None) is None:
         return None
@@ -365,7 +365,7 @@ def _run(args: argparse.Namespace, checked: dict[str, Any]) -> dict[str, Any]:
                                          retrain=retrain)
     if len(summaries) == 1:
         return next(iter(summaries.values()))
-    from adawise.demo_endpoints import write_endpoints_report
+    from adawise.apps.demo_endpoints import write_endpoints_report
 
     return write_endpoints_report(out, summaries, files, say=_say)
 
@@ -376,11 +376,11 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
     """The demo on one world: logs, table and plots into ``out``, the summary into ``summary_path``."""
     from tqdm.auto import tqdm
 
-    from adawise.demo_plots import write_report
-    from adawise.loop import run_stream
+    from adawise.apps.demo_plots import write_report
+    from adawise.evaluation.loop import run_stream
     from adawise.methods.ablations import sweep_stream
     from adawise.methods.adawise import AlphaEvaluator
-    from adawise.models.embedded import embedded_stream, load_embedded
+    from adawise.embedded.world import embedded_stream, load_embedded
 
     progress = not args.no_progress
     out.mkdir(parents=True, exist_ok=True)

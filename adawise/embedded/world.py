@@ -6,13 +6,13 @@ It reproduces, at a size that trains in minutes on two CPU cores, the setting of
 - *pretraining* (the "web"): an open_clip ``CLIP`` with a custom small config (ViT image tower, text
   transformer over open_clip's bundled BPE tokenizer, so any prompt can be encoded) is trained
   contrastively on ``train[:pretrain_size]`` under broad augmentation with captions that describe
-  the augmentation and are sometimes wrong (see :mod:`adawise.models.embedded_train`);
+  the augmentation and are sometimes wrong (see :mod:`adawise.embedded.train`);
 - *zero-shot model*: its image tower + the zero-shot head from its own text tower (every caption
-  template, :data:`~adawise.models.embedded_train.ALL_TEMPLATES`);
+  template, :data:`~adawise.embedded.train.ALL_TEMPLATES`);
 - *fine-tuned model* (the recipe's ``endpoint``, :data:`ENDPOINTS`): trained on clean, disjoint images
   ``train[pretrain_size : pretrain_size + finetune_size]`` by end-to-end cross-entropy (``"e2e"``, head
-  initialised from the zero-shot head), by R-Adapter (``"r-adapter"``, :mod:`adawise.models.r_adapter`) or
-  by dual risk minimisation (``"drm"``, :mod:`adawise.models.drm`); always a :class:`CLIPClassifier` with
+  initialised from the zero-shot head), by R-Adapter (``"r-adapter"``, :mod:`adawise.embedded.r_adapter`) or
+  by dual risk minimisation (``"drm"``, :mod:`adawise.embedded.drm`); always a :class:`CLIPClassifier` with
   the zero-shot model's keys. ``train[-holdout_size:]`` is held out (temperature fitting, VRF);
 - *test*: the 10,000 t10k images, under the shifts of :mod:`streams.shifts`.
 
@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from adawise.errors import AccessError
 from adawise.models.checkpoints import default_mode, load_checkpoint, save_state_dict, weights_hash
 from adawise.models.clip import CLIPClassifier, build_classifier, create_clip
-from adawise.models.embedded_train import ALL_TEMPLATES, description_caption, finetune, pretrain
+from adawise.embedded.train import ALL_TEMPLATES, description_caption, finetune, pretrain
 from streams import fashion
 from streams.shifts import DEFAULT_DOMAINS, ID_DOMAIN, SHIFTS, Shift
 
@@ -402,13 +402,13 @@ def _finetune_stage(recipe: EmbeddedRecipe, clip: nn.Module, tokenizer: Tokenize
             finetuned = copy.deepcopy(zeroshot)
             losses = finetune(finetuned, _grey3(ft_x), ft_y, recipe, progress)
         elif recipe.endpoint == "r-adapter":
-            from adawise.models.r_adapter import radapter_finetune
+            from adawise.embedded.r_adapter import radapter_finetune
 
             finetuned, endpoint_info = radapter_finetune(clip, _cached_tokenizer(tokenizer), fashion.to_float(ft_x),
                                                          ft_y, names, list(ALL_TEMPLATES), _normalize, recipe, progress)
             losses = endpoint_info.pop("loss")
         else:
-            from adawise.models.drm import core_feature_head, drm_finetune
+            from adawise.embedded.drm import core_feature_head, drm_finetune
 
             core = core_feature_head(clip, tokenizer, [description_caption(n, with_name=False) for n in names])
             finetuned, endpoint_info = drm_finetune(zeroshot, core, _grey3(ft_x), ft_y, recipe, progress)

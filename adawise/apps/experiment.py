@@ -1,6 +1,6 @@
 """Experiments: every method on the same stream, one JSONL log each, then a table and plots.
 
-Shared by ``adawise run`` (:mod:`adawise.run_cmd`) and ``examples/stream_imagenet_r.py``:
+Shared by ``adawise run`` (:mod:`adawise.apps.run_cmd`) and ``examples/stream_imagenet_r.py``:
 
 - :func:`add_arguments` / :func:`main`: the command line (ImageNet-R or ImageNet-C streams, local
   weights, a config file), with exit code 2 and a message saying what to download and pass when
@@ -413,11 +413,11 @@ def run_methods(zs: nn.Module, ft: nn.Module, stream: Stream, methods: Sequence[
     ``index`` option is skipped with a message saying how to build one.
 
     Returns:
-        method name -> :class:`~adawise.loop.StreamResult`.
+        method name -> :class:`~adawise.evaluation.loop.StreamResult`.
     """
     from tqdm.auto import tqdm
 
-    from adawise.loop import run_stream
+    from adawise.evaluation.loop import run_stream
     from adawise.methods.registry import make_method
 
     out = Path(out)
@@ -454,7 +454,7 @@ def write_summary(results: Mapping[str, Any], out: str | os.PathLike, domains: S
                   id_domain: str | None = None, upper_bounds: Sequence[str] = (),
                   skipped: Sequence[str] = ()) -> dict[str, Path]:
     """``table.md`` (accuracy per domain, markdown), ``accuracy.png`` and ``alpha.png`` under ``out``."""
-    from adawise.logs import format_table, plot_accuracy, plot_alpha
+    from adawise.evaluation.logs import format_table, plot_accuracy, plot_alpha
 
     out = Path(out)
     accuracy = {m: r.per_domain for m, r in results.items()}
@@ -587,7 +587,7 @@ def _config_record(args: argparse.Namespace) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     """Run the experiment described by ``args`` (see :func:`add_arguments`); returns an exit code. Every
     misuse raises an :class:`~adawise.errors.AdawiseError` (the command line turns it into exit code 2)."""
-    from adawise.logs import exclusive
+    from adawise.evaluation.logs import exclusive
     from streams import imagenet_r, schedules
 
     args = apply_config(args)

@@ -2,7 +2,7 @@
 
 A deployment that adapts N camera feeds (or tenants, or sites) needs one α history per stream, but
 not N model copies. :class:`MultiStreamAdaWiSE` holds one :class:`~adawise.methods.adawise.AdaWiSE`
-engine (one live model and one :class:`~adawise.weights.WeightSpace` with the flat fp32 masters of
+engine (one live model and one :class:`~adawise.core.weights.WeightSpace` with the flat fp32 masters of
 both endpoints, built once) and, per stream id, only the *search state* that carries over from batch
 to batch: the current and centre α, the drift statistics and counters (AdaWiSE's ``_State``), the
 BO history and GP hyperparameters (``BayesOpt1D``'s ``_BOState``) and the optimizer's RNG state.

@@ -1,6 +1,6 @@
 """What ``adawise demo`` writes: the per-domain table, ``summary.json``, ``table.md`` and the plots.
 
-Accuracy per domain and α over the stream are :mod:`adawise.logs`' plots; the demo adds one of its
+Accuracy per domain and α over the stream are :mod:`adawise.evaluation.logs`' plots; the demo adds one of its
 own, :func:`plot_objectives_vs_alpha`: label-free objectives and accuracy as functions of α per domain.
 It shows *why* an objective-driven α can trail the best static α: where the objective's minimum and
 the accuracy's maximum sit at different α, minimising the objective picks the wrong model.
@@ -69,7 +69,7 @@ def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mappin
                  summary_path: Path | None = None) -> dict[str, Any]:
     """Print the table and checks; write ``table.md`` and the PNG plots into ``out``, the summary into
     ``summary_path`` (default ``out/summary.json``)."""
-    from adawise.logs import format_table, plot_accuracy, plot_alpha
+    from adawise.evaluation.logs import format_table, plot_accuracy, plot_alpha
 
     t0 = time.perf_counter()
     # a stream whose batches mix domains is reported per sample domain (its batches are all "mixed")
@@ -159,7 +159,7 @@ def plot_objectives_vs_alpha(alphas: Sequence[float], accuracy: Mapping[str, Seq
         path: PNG file to write.
         domains: panels to draw (default: every domain of ``accuracy``).
     """
-    from adawise.logs import _pyplot
+    from adawise.evaluation.logs import _pyplot
 
     plt = _pyplot()
     domains = list(domains or accuracy)

@@ -14,7 +14,7 @@ stable id (a hash of what decides its result) and a log path
    in this process (``"local"``, the path without Ray). Each run writes its JSONL exactly as a local
    :func:`adawise.run_stream` would; a Ray task also returns its log text, which the driver writes
    where the file is missing, so a cluster without a shared filesystem still gathers every log;
-3. merges every log (:mod:`adawise.sweep_report`) into ``<out>/sweep.md`` (method x domain per
+3. merges every log (:mod:`adawise.apps.sweep_report`) into ``<out>/sweep.md`` (method x domain per
    model/stream/setting, mean ± std over seeds), ``<out>/sweep.json`` and ``<out>/sweep.png``.
 
 The sweep is restartable: kill it at any point and run it again; only unfinished runs execute.
@@ -44,7 +44,7 @@ from typing import Any
 
 from adawise import options as check
 from adawise.errors import UsageError
-from adawise.sweep_report import merge
+from adawise.apps.sweep_report import merge
 
 __all__ = [
     "SweepConfig", "SweepError", "Run", "SweepResult", "MODEL_KINDS", "load_config", "run_sweep", "plan",
@@ -295,7 +295,7 @@ def _methods(value: Any) -> list[dict[str, Any]]:
         if name == "vrf" and "index" not in options:
             raise SweepError("method vrf needs options.index: a Zero-Shot-Failure index file (build one with "
                              "`adawise vrf-index ... --out zsf.safetensors`)")
-        from adawise.experiment import check_method_options
+        from adawise.apps.experiment import check_method_options
 
         try:  # a value the method refuses (wiseft alpha 1.5, an unknown AdaWiSE option) stops the sweep now
             check_method_options([name], {name: {k: v for k, v in options.items() if k != "index"}},
@@ -377,7 +377,7 @@ def load_models(spec: Mapping[str, Any], device: str = "cpu", base_dir: str = ".
                          templates=list(spec.get("templates", ["a photo of a {}."])), device=device,
                          seed=int(spec.get("seed", 0)))
     if kind == "clip":
-        from adawise.experiment import load_models as load_clip_pair
+        from adawise.apps.experiment import load_models as load_clip_pair
 
         missing = [k for k in ("arch", "pretrained", "finetuned") if not spec.get(k)]
         if missing:
@@ -388,7 +388,7 @@ def load_models(spec: Mapping[str, Any], device: str = "cpu", base_dir: str = ".
                               trust_pickle=bool(spec.get("trust_pickle", False)),
                               head_cache_dir=spec.get("head_cache_dir"), seed=int(spec.get("seed", 0)))
     if kind == "embedded":
-        from adawise.models.embedded import load_embedded
+        from adawise.embedded.world import load_embedded
 
         world = load_embedded(spec.get("recipe", "full"), data=spec.get("data"), progress=False)
         return world.zeroshot.to(device), world.finetuned.to(device)
@@ -436,7 +436,7 @@ def execute_run(run: Run) -> dict[str, Any]:
     with ``resume=True`` into ``run.log``. Returns the outcome and the log's text (for the driver)."""
     import torch
 
-    from adawise.loop import run_stream
+    from adawise.evaluation.loop import run_stream
     from adawise.methods.registry import make_method
 
     started, started_at, cpu = time.perf_counter(), time.time(), time.process_time()
@@ -454,7 +454,7 @@ def execute_run(run: Run) -> dict[str, Any]:
         del method
     finally:
         torch.set_num_threads(previous)
-    from adawise.logs import table_path
+    from adawise.evaluation.logs import table_path
 
     path = Path(run.log)
     table = table_path(path)
@@ -472,7 +472,7 @@ def plan(runs: Sequence[Run]) -> dict[str, str]:
 
     Raises :class:`SweepError` when a log at a run's path was written for another configuration.
     """
-    from adawise.logs import read_run
+    from adawise.evaluation.logs import read_run
 
     status: dict[str, str] = {}
     stale: list[str] = []
@@ -575,7 +575,7 @@ def run_sweep(config: SweepConfig | Mapping[str, Any] | str | os.PathLike, *, ex
 
 def _warm_embedded(config: SweepConfig, pending: Sequence[Run], progress: bool) -> None:
     """Train (or load) each embedded world once here, so workers on this machine read the cache."""
-    from adawise.models.embedded import load_embedded
+    from adawise.embedded.world import load_embedded
 
     done = set()
     for run in pending:
@@ -663,7 +663,7 @@ def _execute_ray(pending: Sequence[Run], config: SweepConfig, address: str | Non
 
 def _store(run: Run, out: Mapping[str, Any]) -> None:
     """Write a task's log where the driver cannot see it (a worker on a node without shared storage)."""
-    from adawise.logs import table_path
+    from adawise.evaluation.logs import table_path
 
     path = Path(run.log)
     for target, text in ((path, out.get("log_text")), (table_path(path), out.get("table_text"))):
@@ -698,7 +698,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the sweep; exit code 0 when every run is complete, 1 when some failed, 2 on a config error (a
     :class:`SweepError` or any other :class:`~adawise.errors.AdawiseError`, e.g. the output folder in use)."""
-    from adawise.logs import exclusive
+    from adawise.evaluation.logs import exclusive
 
     config = SweepConfig.load(args.config)
     if args.out:

@@ -166,10 +166,10 @@ def _class_names(spec: str) -> tuple[list[str], dict[str, int] | None]:
 
 
 def _embedded(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
-    import adawise
+    from adawise.embedded.world import load_embedded
     from streams.base import from_tensors
 
-    world = adawise.load_embedded(progress=not args.no_progress)
+    world = load_embedded(progress=not args.no_progress)
     source = from_tensors(world.source_images, world.source_labels, "source", args.batch_size)
     holdout = from_tensors(world.holdout_images, world.holdout_labels, "holdout", args.batch_size)
     return world.zeroshot, world.finetuned, source, holdout
@@ -185,7 +185,7 @@ def _check(args: argparse.Namespace) -> str:
         if missing:
             raise UsageError("pass --embedded, or all of --arch --pretrained --finetuned --source-data "
                              f"(missing: {' '.join(missing)})")
-        from adawise.experiment import parse_arch
+        from adawise.apps.experiment import parse_arch
 
         parse_arch(args.arch)
         from adawise.models.checkpoints import probe_checkpoint
@@ -216,11 +216,11 @@ def _check(args: argparse.Namespace) -> str:
 
 
 def _from_files(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any, Any]:
-    import adawise
-    from adawise.experiment import parse_arch
+    from adawise.apps.experiment import parse_arch
+    from adawise.models.clip import load_pair
 
     names, label_of = _class_names(args.class_names)
-    zs, ft = adawise.load_pair(parse_arch(args.arch), names, pretrained=args.pretrained, finetuned=args.finetuned,
+    zs, ft = load_pair(parse_arch(args.arch), names, pretrained=args.pretrained, finetuned=args.finetuned,
                                templates=args.templates, device=device, trust_pickle=args.trust_pickle,
                                head_cache_dir=args.head_cache_dir)
     size = int(getattr(zs, "image_size", 224))
@@ -237,7 +237,7 @@ def _from_files(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any, A
 
 def main(args: argparse.Namespace) -> int:
     """Run ``adawise vrf-index``; every misuse is an :class:`~adawise.errors.AdawiseError` (exit code 2)."""
-    from adawise.zsf import build_zsf_index
+    from adawise.methods.zsf import build_zsf_index
 
     device = _check(args)
     if args.embedded:
@@ -260,15 +260,3 @@ def main(args: argparse.Namespace) -> int:
           f"{'squared L2' if index.squared else 'L2'}, T_zs={index.T_zs:.4f}, T_ft={index.T_ft:.4f} "
           f"({m['n_holdout']} held-out samples) -> {args.out}")
     return 0
-
-
-def _standalone(argv: Sequence[str] | None = None) -> int:
-    from adawise.cli import ArgumentParser, guarded
-
-    parser = ArgumentParser(prog="adawise vrf-index", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return guarded("adawise vrf-index", main, parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(_standalone())

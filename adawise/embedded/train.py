@@ -9,8 +9,8 @@ describes the defining features of its class (:data:`CORE_DESCRIPTIONS`, written
 front zip or buttons, collar.", with or without the class name), and some captions name the wrong class.
 Fine-tuning follows wise-ft: the image tower plus a linear head initialised from the zero-shot head,
 trained end to end with cross-entropy on clean images (AdamW, cosine schedule with warm-up). Every stage
-runs the same loop (:func:`train_epochs`); the robust endpoints (:mod:`adawise.models.r_adapter`,
-:mod:`adawise.models.drm`) reuse it.
+runs the same loop (:func:`train_epochs`); the robust endpoints (:mod:`adawise.embedded.r_adapter`,
+:mod:`adawise.embedded.drm`) reuse it.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def augment_with_captions(images: Tensor, labels: Tensor, class_names: Sequence[
 
     Args:
         images: [B, 1, H, W] in [0, 1]; labels: [B].
-        recipe: an :class:`~adawise.models.embedded.EmbeddedRecipe` (augmentation probabilities and
+        recipe: an :class:`~adawise.embedded.world.EmbeddedRecipe` (augmentation probabilities and
             strengths, ``caption_noise``, ``p_generic_caption``, ``p_description_caption``).
         gen: the CPU generator that makes the whole draw reproducible.
 

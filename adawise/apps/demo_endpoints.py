@@ -1,6 +1,6 @@
 """``adawise demo --recipes e2e,r-adapter,drm``: one table, one plot and a few sentences over the endpoints.
 
-Each endpoint's world runs the whole demo on its own (:func:`adawise.demo.run_demo`; ``summary.json`` for
+Each endpoint's world runs the whole demo on its own (:func:`adawise.apps.demo.run_demo`; ``summary.json`` for
 e2e, ``summary-<endpoint>.json`` for the others). This module only reads those summaries and writes
 ``endpoints.md``, ``endpoints.json`` and ``endpoints.png``: per method and endpoint the clean accuracy and
 the mean over the shifts, the gain of WiSE-FT 0.5, AdaWiSE and VRF over the endpoint alone (the
@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from adawise.demo_plots import static_name
-from adawise.logs import render_table
+from adawise.apps.demo_plots import static_name
+from adawise.evaluation.logs import render_table
 
 __all__ = ["combine_endpoints", "format_endpoints", "plot_endpoints", "write_endpoints_report", "BEST_STATIC"]
 
@@ -113,7 +113,7 @@ def format_endpoints(c: Mapping[str, Any], fmt: str = "text") -> str:
 
 def plot_endpoints(c: Mapping[str, Any], path: str | Path) -> Path:
     """Grouped bars: shift-mean accuracy (%) per method, one bar per endpoint; zero-shot as a line."""
-    from adawise.logs import _pyplot, save_figure
+    from adawise.evaluation.logs import _pyplot, save_figure
 
     plt = _pyplot()
     endpoints, bounds = c["endpoints"], c["upper_bounds"]

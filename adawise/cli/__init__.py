@@ -21,12 +21,12 @@ from adawise.errors import AdawiseError, one_line
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("adawise.demo", "run every method on the bundled embedded world (no downloads)"),
-    "run": ("adawise.run_cmd", "run methods on an ImageNet-R / ImageNet-C stream with your own weights"),
-    "report": ("adawise.report", "tables and plots from run logs (JSONL)"),
-    "vrf-index": ("adawise.vrf_cli", "build VRF's Zero-Shot-Failure index"),
+    "demo": ("adawise.apps.demo", "run every method on the bundled embedded world (no downloads)"),
+    "run": ("adawise.apps.run_cmd", "run methods on an ImageNet-R / ImageNet-C stream with your own weights"),
+    "report": ("adawise.apps.report", "tables and plots from run logs (JSONL)"),
+    "vrf-index": ("adawise.apps.vrf_index", "build VRF's Zero-Shot-Failure index"),
     "show-corruptions": ("streams.corruptions_cli", "PNG grid of the 15 corruptions x 5 severities"),
-    "sweep": ("adawise.sweep", "grid of runs (methods x streams x settings x seeds), on Ray or locally"),
+    "sweep": ("adawise.apps.sweep", "grid of runs (methods x streams x settings x seeds), on Ray or locally"),
 }
 
 
