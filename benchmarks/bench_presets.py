@@ -74,8 +74,8 @@ import torch
 from torch import Tensor, nn
 
 import adawise
+from adawise.core.alpha_engine import AlphaEvaluator
 from adawise.methods.ablations import alpha_grid, sweep_stream
-from adawise.methods.adawise import AlphaEvaluator
 from streams.base import Batch
 
 

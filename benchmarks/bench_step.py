@@ -67,10 +67,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import Stopwatch, environment, median, time_ms  # noqa: E402
 
 import adawise  # noqa: E402
-from adawise.methods.adawise import AlphaEvaluator  # noqa: E402
+from adawise.core.alpha_engine import AlphaEvaluator  # noqa: E402
+from adawise.core.weights import WeightSpace  # noqa: E402
 from adawise.methods.base import Method  # noqa: E402
 from adawise.models.clip import CLIPClassifier  # noqa: E402
-from adawise.core.weights import WeightSpace  # noqa: E402
 
 METHODS = ("finetuned", "wiseft", "adawise-fast", "adawise-faithful", "adawise-infomax", "adawise-anchored",
            "adawise-windowed", "vrf", "dawin", "tent", "tda")
@@ -219,7 +219,7 @@ def build(name: str, world: dict[str, Any], amp: torch.dtype | None, device: tor
     if name == "finetuned-cudagraph":
         return GraphedPlain(zs, ft, amp)
     opts: dict[str, Any] = {"amp_dtype": amp, "device": device}
-    if name == "adawise-windowed":  # the registered configuration (adawise.methods.adawise.WINDOWED_DEFAULTS)
+    if name == "adawise-windowed":  # the registered configuration (adawise.methods.windowed.WINDOWED_DEFAULTS)
         return adawise.make_method(name, zeroshot=zs, finetuned=ft, **opts)
     objective = {"adawise-infomax": "infomax", "adawise-anchored": "anchored"}.get(name, "entropy")
     preset = "faithful" if name == "adawise-faithful" else "fast"

@@ -54,8 +54,8 @@ def _warm_workers(ray: Any, n: int) -> None:
 
     @ray.remote(num_cpus=1)
     def warm() -> int:
-        import adawise.methods.adawise  # noqa: F401
         import adawise.apps.sweep  # noqa: F401
+        import adawise.methods.adawise  # noqa: F401
 
         return os.getpid()
 
@@ -115,8 +115,8 @@ def _pair() -> tuple[Any, Any]:
 
 def _memory_one(count: int, batches: int, batch_size: int, separate: bool) -> dict[str, Any]:
     """One measurement in a fresh process (so memory freed by another measurement cannot be reused)."""
-    from adawise.methods.adawise import AdaWiSE
     from adawise.evaluation.multistream import MultiStreamAdaWiSE
+    from adawise.methods.adawise import AdaWiSE
 
     torch.set_num_threads(1)
     zs, ft = _pair()

@@ -103,9 +103,9 @@ def load_logits(domains: Sequence[str], world: Any = None, *, seed_world: int = 
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
-    from adawise.methods.ablations import alpha_grid
-    from adawise.methods.adawise import AlphaEvaluator
+    from adawise.core.alpha_engine import AlphaEvaluator
     from adawise.embedded.world import cache_root
+    from adawise.methods.ablations import alpha_grid
     from streams.fashion import _shift_code_hash, _shifted, domain_images
 
     world = world if world is not None else _world(seed_world, recipe)

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import adawise
-from adawise.methods.adawise import PRESETS, AdaWiSE
 from adawise.core.objectives import entropy
 from adawise.core.weights import interpolate
+from adawise.methods.adawise import PRESETS, AdaWiSE
 
 D, C = 16, 10
 

@@ -92,9 +92,9 @@ def test_methods_read_from_the_sweep_match_the_registered_methods(demo_run, monk
     """Static-alpha methods are replayed from the shared sweep and the output ensembles read the
     endpoints' logits from it; the registered methods, run on their own over the same stream with
     the real models, must predict the same (per batch: correct counts, alpha)."""
+    from adawise.embedded.world import embedded_stream, load_embedded
     from adawise.evaluation.loop import run_stream
     from adawise.methods.registry import make_method
-    from adawise.embedded.world import embedded_stream, load_embedded
 
     out, s, _ = demo_run
     monkeypatch.setenv("ADAWISE_CACHE", str(out.parent / "cache"))

@@ -171,8 +171,8 @@ def test_zeroshot_head_comes_from_the_text_tower(world):
 
 @needs_data
 def test_cache_reloads_identical_weights_and_is_keyed_by_recipe(world, monkeypatch):
-    from adawise.models.checkpoints import weights_hash
     from adawise.embedded.world import EmbeddedRecipe, load_embedded
+    from adawise.models.checkpoints import weights_hash
 
     monkeypatch.setenv("ADAWISE_CACHE", str(world.cache_dir.parent))
     files = {p.name for p in world.cache_dir.iterdir()}
@@ -282,8 +282,8 @@ def test_endpoint_names_resolve_and_bad_names_list_the_valid_ones():
 
 
 def test_pretraining_augmentation_and_captions():
-    from adawise.embedded.world import EmbeddedRecipe
     from adawise.embedded.train import ALL_TEMPLATES, augment_with_captions, description_caption
+    from adawise.embedded.world import EmbeddedRecipe
 
     x = torch.rand(64, 1, 28, 28)
     y = torch.arange(64) % 10
@@ -419,8 +419,8 @@ def test_a_file_or_symlink_where_the_world_folder_belongs_is_replaced(world, tmp
 
 @needs_data
 def test_a_cache_root_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch):
-    from adawise.errors import AccessError
     from adawise.embedded.world import load_embedded
+    from adawise.errors import AccessError
 
     (tmp_path / "cache").write_text("a file")
     monkeypatch.setenv("ADAWISE_CACHE", str(tmp_path / "cache"))

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from adawise.methods.adawise import AdaWiSE
 from adawise.evaluation.multistream import MultiStreamAdaWiSE, deep_nbytes
+from adawise.methods.adawise import AdaWiSE
 
 #: cheap AdaWiSE options for tests (fast preset, a small acquisition grid)
 OPTS = dict(grid_size=41)

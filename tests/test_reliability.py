@@ -19,10 +19,10 @@ from PIL import Image
 
 import adawise
 from adawise.cli import main as cli_main
+from adawise.core.weights import StateDictMismatchError
 from adawise.evaluation.logs import read_jsonl, read_run
 from adawise.methods.base import Method
 from adawise.models.checkpoints import UntrustedPickleError
-from adawise.core.weights import StateDictMismatchError
 from streams.base import ConcatStream, TensorStream
 from streams.imagenet_r import IMAGENET_R_CLASSNAMES, IMAGENET_R_WNIDS, imagenet_r_stream
 

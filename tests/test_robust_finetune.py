@@ -35,8 +35,8 @@ def _clip():
 
 
 def test_merged_adapters_give_the_adapter_models_outputs():
-    from adawise.models.clip import encode_text
     from adawise.embedded.r_adapter import add_adapters, merge_adapters
+    from adawise.models.clip import encode_text
 
     clip, tokenizer = _clip()
     gen = torch.Generator().manual_seed(1)
@@ -176,8 +176,8 @@ def test_combined_head_is_the_log_linear_mix_of_the_two_heads():
 
 
 def test_core_descriptions_fit_the_text_context():
-    from adawise.embedded.world import EmbeddedRecipe
     from adawise.embedded.train import CORE_DESCRIPTIONS, description_caption
+    from adawise.embedded.world import EmbeddedRecipe
 
     assert list(CORE_DESCRIPTIONS) == list(fashion.CLASS_NAMES)
     _, tokenizer = _clip()
@@ -215,8 +215,8 @@ def worlds(tmp_path_factory):
 
 @needs_data
 def test_each_endpoint_loads_into_weight_space_with_the_shared_zeroshot(worlds):
-    from adawise.models.checkpoints import weights_hash
     from adawise.core.weights import WeightSpace
+    from adawise.models.checkpoints import weights_hash
 
     out, calls = worlds
     assert len(calls) == 1  # pretraining ran once, for the first endpoint; the others reused it
@@ -256,8 +256,8 @@ def test_each_endpoint_loads_into_weight_space_with_the_shared_zeroshot(worlds):
 
 @needs_data
 def test_endpoint_worlds_reload_from_the_cache(worlds, monkeypatch):
-    from adawise.models.checkpoints import weights_hash
     from adawise.embedded.world import load_embedded
+    from adawise.models.checkpoints import weights_hash
 
     out, _ = worlds
     world = out["r-adapter"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from adawise.apps import sweep
-from adawise.evaluation.logs import read_run
 from adawise.apps.sweep import SweepConfig, SweepError, run_sweep
+from adawise.evaluation.logs import read_run
 
 TINY = {
     "kind": "random-clip",

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import adawise
+from adawise.core.objectives import entropy
 from adawise.errors import InputTypeError, ModelMismatchError, UsageError
 from adawise.methods.tda import TDA
 from adawise.methods.tent import Tent, norm_parameters
-from adawise.core.objectives import entropy
 from streams.base import ConcatStream, TensorStream
 
 

@@ -377,10 +377,10 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
     from tqdm.auto import tqdm
 
     from adawise.apps.demo_plots import write_report
+    from adawise.core.alpha_engine import AlphaEvaluator
+    from adawise.embedded.world import embedded_stream, load_embedded
     from adawise.evaluation.loop import run_stream
     from adawise.methods.ablations import sweep_stream
-    from adawise.methods.adawise import AlphaEvaluator
-    from adawise.embedded.world import embedded_stream, load_embedded
 
     progress = not args.no_progress
     out.mkdir(parents=True, exist_ok=True)

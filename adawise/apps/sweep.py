@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from adawise import options as check
-from adawise.errors import UsageError
 from adawise.apps.sweep_report import merge
+from adawise.errors import UsageError
 
 __all__ = [
     "SweepConfig", "SweepError", "Run", "SweepResult", "MODEL_KINDS", "load_config", "run_sweep", "plan",

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adawise.models.clip import CLIPClassifier, zeroshot_head
 from adawise.embedded.train import split_decay, train_epochs
+from adawise.models.clip import CLIPClassifier, zeroshot_head
 
 __all__ = ["core_feature_head", "worst_case_risk", "drm_loss", "combine_heads", "drm_finetune"]
 

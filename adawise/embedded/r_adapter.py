@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adawise.models.clip import CLIPClassifier, build_classifier, encode_text
 from adawise.embedded.train import train_epochs
+from adawise.models.clip import CLIPClassifier, build_classifier, encode_text
 
 __all__ = ["LinearAdapter", "AdapterEMA", "add_adapters", "merge_adapters", "mpm_nce_loss",
            "radapter_finetune"]

@@ -47,10 +47,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from adawise.embedded.train import ALL_TEMPLATES, description_caption, finetune, pretrain
 from adawise.errors import AccessError
 from adawise.models.checkpoints import default_mode, load_checkpoint, save_state_dict, weights_hash
 from adawise.models.clip import CLIPClassifier, build_classifier, create_clip
-from adawise.embedded.train import ALL_TEMPLATES, description_caption, finetune, pretrain
 from streams import fashion
 from streams.shifts import DEFAULT_DOMAINS, ID_DOMAIN, SHIFTS, Shift
 

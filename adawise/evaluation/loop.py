@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from adawise.core.objectives import entropy
 from adawise.errors import AccessError, DataError, InputTypeError, LogError, ResumeError, UsageError
 from adawise.evaluation.logs import (
     JsonlWriter,
@@ -58,7 +59,6 @@ from adawise.evaluation.logs import (
 )
 from adawise.methods.base import Method
 from adawise.models.checkpoints import weights_hash
-from adawise.core.objectives import entropy
 from streams.base import Batch, Stream
 
 __all__ = ["run_stream", "StreamResult", "SETTINGS", "LOG_FORMAT", "batch_fingerprint", "model_weights"]

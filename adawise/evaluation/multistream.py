@@ -104,7 +104,7 @@ class MultiStreamAdaWiSE(nn.Module):
     def alpha(self, stream_id: Hashable) -> float:
         """The α whose logits the stream's last call returned (``init_alpha`` for a new stream)."""
         state = self._states.get(stream_id)
-        return float(state.search.alpha) if state is not None else float(self.engine.opts["init_alpha"])
+        return float(state.search.alpha) if state is not None else float(self.engine.opts.init_alpha)
 
     def info(self, stream_id: Hashable) -> dict[str, Any]:
         """The stream's last per-batch record (see :class:`AdaWiSE`)."""

@@ -24,11 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adawise.methods.adawise import AlphaEvaluator, WeightSpaceMethod
+from adawise.core.alpha_engine import AlphaEvaluator
+from adawise.core.objectives import NEEDS_ANCHOR, OBJECTIVES, entropy, finite_objective
 from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_same_classes, mix_probabilities
-from adawise.core.objectives import NEEDS_ANCHOR, OBJECTIVES, entropy, finite_objective
+from adawise.methods.weight_space import WeightSpaceMethod
 
 __all__ = ["GridSearch", "Oracle", "DaWin", "BatchSweep", "StreamSweep", "sweep_batch", "sweep_stream",
            "alpha_grid"]

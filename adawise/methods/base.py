@@ -18,30 +18,13 @@ none) and ``info`` the per-batch record that goes into the log.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from torch import Tensor, nn
 
+from adawise.core.alpha_engine import evaluating
+
 __all__ = ["Method", "EndpointPair", "evaluating"]
-
-
-@contextlib.contextmanager
-def evaluating(*models: nn.Module) -> Iterator[None]:
-    """Run ``models`` in eval mode inside the block, then give every submodule back its own mode.
-
-    Only the ``training`` flags of submodules that were training are switched (and switched back), so a
-    model a user left in train mode is in train mode again afterwards, and batch norm inside the block
-    uses its running statistics without updating them (its buffers are unchanged)."""
-    switched = [m for model in models for m in model.modules() if m.training]
-    for m in switched:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in switched:
-            m.training = True
 
 
 class Method(nn.Module):

@@ -21,6 +21,7 @@ _REGISTRY: dict[str, Factory] = {}
 _BUILTIN_MODULES = (
     "adawise.methods.static",
     "adawise.methods.adawise",
+    "adawise.methods.windowed",
     "adawise.methods.ablations",
     "adawise.methods.vrf",
     "adawise.methods.tent",

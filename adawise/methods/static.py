@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from adawise.core.weights import check_compatible, check_dtypes, interpolate
 from adawise.errors import ModelMismatchError, UsageError
 from adawise.methods.base import EndpointPair, Method, evaluating
 from adawise.methods.registry import register
-from adawise.core.weights import check_compatible, check_dtypes, interpolate
 
 __all__ = ["ZeroShot", "FineTuned", "WiSEFT", "OutputEnsemble", "mix_probabilities", "check_same_classes",
            "check_alpha", "merged_copy"]

@@ -61,11 +61,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adawise.core.objectives import entropy
 from adawise.errors import DataError, UsageError
 from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_alpha, merged_copy
-from adawise.core.objectives import entropy
 from adawise.methods.zsf import check_encodes
 
 __all__ = ["TDA", "FeatureCache", "head_scale", "UPDATES"]

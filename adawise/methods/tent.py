@@ -51,11 +51,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from adawise.core.objectives import entropy
 from adawise.errors import ModelMismatchError, UsageError
 from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_alpha, merged_copy
-from adawise.core.objectives import entropy
 
 __all__ = ["Tent", "norm_parameters", "NORM_LAYERS"]
 
