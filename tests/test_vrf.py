@@ -312,7 +312,9 @@ def test_cli_embedded(tmp_path, monkeypatch, capsys) -> None:
         holdout_images=hold,
         holdout_labels=hold_labels,
     )
-    monkeypatch.setitem(vars(adawise), "load_embedded", lambda **kw: world)  # no lazy import
+    from adawise.embedded import world as embedded_world
+
+    monkeypatch.setattr(embedded_world, "load_embedded", lambda **kw: world)  # what vrf-index --embedded loads
     out = tmp_path / "zsf.safetensors"
     assert (
         vrf_cli.main(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from adawise.evaluation.logs import domain_counts, render_table
 
 if TYPE_CHECKING:
-    from adawise.apps.sweep import Run
+    from adawise.apps.sweep_config import Run
 
 __all__ = ["merge", "format_merged", "plot_merged"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +185,7 @@ def _check(args: argparse.Namespace) -> str:
         if missing:
             raise UsageError("pass --embedded, or all of --arch --pretrained --finetuned --source-data "
                              f"(missing: {' '.join(missing)})")
-        from adawise.apps.experiment import parse_arch
+        from adawise.models.pairs import parse_arch
 
         parse_arch(args.arch)
         from adawise.models.checkpoints import probe_checkpoint
@@ -216,13 +216,11 @@ def _check(args: argparse.Namespace) -> str:
 
 
 def _from_files(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any, Any]:
-    from adawise.apps.experiment import parse_arch
-    from adawise.models.clip import load_pair
+    from adawise.models.pairs import clip_pair
 
     names, label_of = _class_names(args.class_names)
-    zs, ft = load_pair(parse_arch(args.arch), names, pretrained=args.pretrained, finetuned=args.finetuned,
-                               templates=args.templates, device=device, trust_pickle=args.trust_pickle,
-                               head_cache_dir=args.head_cache_dir)
+    zs, ft = clip_pair(args.arch, args.pretrained, args.finetuned, class_names=names, templates=args.templates,
+                       device=device, trust_pickle=args.trust_pickle, head_cache_dir=args.head_cache_dir)
     size = int(getattr(zs, "image_size", 224))
 
     def folder(root: str) -> FolderStream:
