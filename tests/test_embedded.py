@@ -359,6 +359,12 @@ def test_cache_keys_do_not_change() -> None:
     assert world_key(EmbeddedRecipe.tiny(), "0" * 16) == "a1e407e9f13d"
     assert pretrain_key(EmbeddedRecipe.tiny(), "0" * 16) == "89d785549881"
     assert world_key(EmbeddedRecipe.full(), "5b22a816b4ddd488") == "3b422065c5c4"  # the demo's world on t10k
+    assert pretrain_key(EmbeddedRecipe.full(), "5b22a816b4ddd488") == "afa42b4c7e67"  # shared by its endpoints
+    assert world_key(EmbeddedRecipe.tiny(), "5b22a816b4ddd488") == "7f84cc127a4b"  # the tiny demo's world
+    # each endpoint's key covers its own fields only (the endpoint table's prefixes)
+    assert [world_key(EmbeddedRecipe.full().with_endpoint(e), "5b22a816b4ddd488") for e in ("r-adapter", "drm")] == [
+        "97295380cfc2", "70e05ed7b5b5"]
+    assert world_key(dataclasses.replace(EmbeddedRecipe.full(), drm_beta=0.25), "5b22a816b4ddd488") == "3b422065c5c4"
 
 
 @needs_data

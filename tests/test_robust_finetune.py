@@ -193,19 +193,20 @@ def test_core_descriptions_fit_the_text_context():
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory):
     """The tiny world's three endpoints, trained into one temporary cache; pretraining is counted."""
+    from adawise.embedded import stages
     from adawise.embedded import world as embedded
 
     cache = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("ADAWISE_CACHE", str(cache))
     calls = []
-    original = embedded.pretrain
+    original = stages.pretrain
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    mp.setattr(embedded, "pretrain", counting)
+    mp.setattr(stages, "pretrain", counting)
     try:
         out = {name: embedded.load_embedded(f"tiny:{name}", progress=False) for name in embedded.ENDPOINTS}
         yield out, calls

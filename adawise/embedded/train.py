@@ -24,8 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from streams import fashion
+
 __all__ = ["GENERIC_TEMPLATES", "STYLE_TEMPLATES", "ALL_TEMPLATES", "CORE_DESCRIPTIONS", "description_caption",
-           "augment_with_captions", "pretrain", "finetune", "train_epochs", "split_decay"]
+           "augment_with_captions", "pretrain", "finetune", "train_epochs", "split_decay", "MEAN", "STD", "Tokenizer",
+           "grey3", "normalize", "cached_tokenizer"]
 
 GENERIC_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.", "a photo of the {}.", "a picture of a {}.", "an image of a {}.",
@@ -58,6 +61,11 @@ CORE_DESCRIPTIONS: dict[str, str] = {
     "bag": "carrying case with handles or strap",
     "ankle boot": "closed shoe above the ankle, heel",
 }
+
+#: Fashion-MNIST pixel statistics, folded into the classifiers (grey replicated to 3 channels)
+MEAN, STD = (0.286,) * 3, (0.353,) * 3
+Tokenizer = Callable[[list[str]], Tensor]
+
 
 
 def description_caption(class_name: str, with_name: bool) -> str:
@@ -266,3 +274,28 @@ def finetune(classifier: nn.Module, images: Tensor, labels: Tensor, recipe: Any,
                           progress)
     classifier.eval()
     return losses
+
+
+def grey3(images_u8: Tensor) -> Tensor:
+    """uint8 grey images [N, 1, H, W] as float [N, 3, H, W] in [0, 1] (a broadcast view, no copy)."""
+    return fashion.to_float(images_u8).expand(-1, 3, -1, -1)
+
+
+def normalize(x: Tensor) -> Tensor:
+    """Images in [0, 1] standardised by :data:`MEAN` / :data:`STD` (the CLIP's own input transform)."""
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def cached_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer`` with a memo of the texts it tokenised (captions repeat across epochs)."""
+    memo: dict[str, Tensor] = {}
+
+    def tokenize(texts: list[str]) -> Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in memo]
+        if missing:
+            memo.update(zip(missing, tokenizer(missing), strict=True))
+        return torch.stack([memo[t] for t in texts])
+
+    return tokenize
