@@ -15,6 +15,7 @@ import adawise
 from adawise.methods.static import mix_probabilities
 from adawise.methods.zsf import ZSFIndex, build_zsf_index, fit_temperature, kth_distance, reference_k, vrf_weight
 from streams.base import from_tensors
+from streams.folders import FolderStream
 
 D = C = 6
 
@@ -347,10 +348,10 @@ def test_cli_errors(tmp_path, capsys) -> None:
     with pytest.raises(MissingFileError, match="nope.bin"):
         vrf_cli.main(args)
     with pytest.raises(FileNotFoundError, match="image folder not found"):
-        vrf_cli.FolderStream(tmp_path / "none", 32)
+        FolderStream(tmp_path / "none", 32)
     (tmp_path / "data" / "notawnid").mkdir(parents=True)
     with pytest.raises(ValueError, match="not known class ids"):
-        vrf_cli.FolderStream(tmp_path / "data", 32, label_of={"n01440764": 0})
+        FolderStream(tmp_path / "data", 32, label_of={"n01440764": 0})
 
 
 def test_vrf_in_the_loop_logs_mean_omega(tmp_path) -> None:
