@@ -163,7 +163,7 @@ def test_endpoints_write_their_own_files_beside_e2e(endpoints_run):
     table = (out / "endpoints.md").read_text()
     assert "| method | e2e clean | e2e shifts | r-adapter clean |" in table and "oracle *" in table
     assert "best static α" in table and "gain over the endpoint alone" in table
-    assert "Most robust endpoint alone" in printed and "AdaWiSE (anchored)" in printed
+    assert "Most robust endpoint alone" in printed and "adawise-anchored +" in printed
 
 
 def test_endpoints_json_holds_the_summaries_numbers(endpoints_run):

@@ -42,14 +42,13 @@ from torch import Tensor, nn
 from adawise import options as check
 from adawise.errors import MissingFileError, UsageError
 from adawise.methods.base import Method
-from adawise.methods.registry import make_method, registered_methods
+from adawise.methods.registry import make_method, method_class, registered_methods
 
 __all__ = ["add_arguments", "main", "run_demo", "check_args"]
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("entropy", "infomax", "anchored")
-ADAWISE_METHODS = ("adawise", "adawise-infomax", "adawise-anchored", "adawise-windowed")
 DEFAULT_ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
@@ -183,38 +182,27 @@ class _Replay(Method):
 
 
 def _replay(name: str, sweep: Any, record: _Recorder) -> _Replay | None:
-    """The replayed version of ``name``, or ``None`` if it must run on its own."""
-    alphas = list(sweep.alphas)
-    fixed = {"zeroshot": 0.0, "finetuned": 1.0, "wiseft": 0.5}
-    if name in fixed and fixed[name] in alphas:
-        a = fixed[name]
-        method = _Replay(record, lambda t, d: a, 1.0, {"alpha": a})
-    elif name == "oracle":
-        table = sweep.oracle_alphas()
-        method = _Replay(record, lambda t, d: table[d], 1.0, {"grid": alphas, "alphas_per_domain": table,
-                                                              "upper_bound": True}, uses_labels=True)
-    elif name == "adawise-grid":
-        choice = [alphas[i] for i in sweep.grid_choice("entropy").tolist()]
-        method = _Replay(record, lambda t, d: choice[t], float(len(alphas)), {"objective": "entropy", "grid": alphas})
-    else:
+    """The replayed version of ``name`` (its class's :meth:`~adawise.methods.base.Method.sweep_replay`), or
+    ``None`` if it must run on its own."""
+    cls = method_class(name)
+    plan = cls.sweep_replay(sweep)
+    if plan is None:
         return None
+    choose, passes, options = plan
+    method = _Replay(record, choose, passes, options, uses_labels=cls.uses_labels)
     method.name = name
     return method
 
 
-#: methods that are functions of the two endpoints' outputs only: they read them from the sweep
-_OUTPUT_ENSEMBLES = ("ose", "dawin")
-
-
 def _build(name: str, world: Any, args: argparse.Namespace, record: _Recorder) -> Method:
-    zs, ft = world.zeroshot, world.finetuned
-    if name in _OUTPUT_ENSEMBLES:
-        return make_method(name, zeroshot=_Endpoint(record, 0.0), finetuned=_Endpoint(record, 1.0))
-    if name in ADAWISE_METHODS:
-        return make_method(name, zeroshot=zs, finetuned=ft, preset=args.preset, seed=args.seed)
-    if name == "vrf":
-        return make_method(name, zeroshot=zs, finetuned=ft, index=_zsf_index(world, args))
-    return make_method(name, zeroshot=zs, finetuned=ft)
+    """``name`` around the world's models: output ensembles get the endpoints' logits from the sweep; the
+    options the method declares (``app_options``) come from the command line or the world."""
+    cls = method_class(name)
+    supply = {"preset": lambda: args.preset, "seed": lambda: args.seed, "index": lambda: _zsf_index(world, args)}
+    options = {k: supply[k]() for k in sorted(cls.app_options) if k in supply}
+    if cls.output_ensemble:
+        return make_method(name, zeroshot=_Endpoint(record, 0.0), finetuned=_Endpoint(record, 1.0), **options)
+    return make_method(name, zeroshot=world.zeroshot, finetuned=world.finetuned, **options)
 
 
 def _zsf_index(world: Any, args: argparse.Namespace) -> Any:
@@ -267,8 +255,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     check.integer(args.seed, "--seed", minimum=0, maximum=2**63 - 1)
     check.integer(args.threads, "--threads", minimum=0)
     known = registered_methods()
-    names = [n.strip() for n in args.methods.split(",") if n.strip()] if args.methods else [
-        m for m in known if "faithful" not in m]
+    names = [n.strip() for n in args.methods.split(",") if n.strip()] if args.methods else list(known)
     unknown = sorted(set(names) - set(known))
     if unknown or not names:
         raise UsageError(f"--methods: unknown methods {unknown or [args.methods]}; registered: {', '.join(known)}")
@@ -420,7 +407,7 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
                                    config=config, progress=progress)
         seconds[name] = time.perf_counter() - t
         how = (" (replayed from the sweep)" if isinstance(method, _Replay)
-               else " (endpoint logits from the sweep)" if name in _OUTPUT_ENSEMBLES else "")
+               else " (endpoint logits from the sweep)" if method_class(name).output_ensemble else "")
         _say(f"  {name:18s} {100 * results[name].accuracy:5.1f} %  {seconds[name]:6.1f} s{how}")
     seconds["total"] = time.perf_counter() - started
     return write_report(out, world, stream, sweep, results, seconds, args, say=_say, summary_path=summary_path)

@@ -42,14 +42,13 @@ from adawise.models.pairs import default_head_cache, image_size_of, parse_arch, 
 from streams.base import Stream, StreamSpec
 
 __all__ = [
-    "DEFAULT_METHODS", "STREAMS", "UsageError", "add_arguments", "main", "load_models", "run_methods",
+    "STREAMS", "UsageError", "add_arguments", "main", "load_models", "run_methods",
     "write_summary", "missing_inputs_message", "default_head_cache", "parse_arch", "image_size_of", "check_args",
     "check_method_options", "EPILOG",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS: tuple[str, ...] = ("zeroshot", "finetuned", "wiseft", "ose", "vrf", "adawise")
 STREAMS: tuple[str, ...] = ("imagenet-r", "imagenet-c")
 #: options that do not change results; left out of the log config (so --resume still matches)
 _RUN_ONLY = {"methods", "resume", "no_progress", "config", "out", "workers", "verbose", "head_cache_dir",
@@ -145,8 +144,9 @@ def add_arguments(parser: argparse.ArgumentParser, streams: Sequence[str] = STRE
                                          "templates (default $ADAWISE_CACHE/heads or ~/.cache/adawise/heads)")
 
     methods = parser.add_argument_group("methods")
-    add(methods, "--methods", help=f"comma-separated method names (default {','.join(DEFAULT_METHODS)}; "
-                                   "see adawise.registered_methods())")
+    add(methods, "--methods", help="comma-separated method names (default: the methods registered with "
+                                   "default_run, adawise.methods.registry.default_methods(); see "
+                                   "adawise.registered_methods())")
     add(methods, "--alpha", type=float, default=0.5, help="wiseft: the fixed alpha (default 0.5)")
     add(methods, "--ose-w", type=float, default=0.5, help="ose: the fine-tuned weight w (default 0.5)")
     add(methods, "--vrf-index", help="vrf: a Zero-Shot-Failure index file (build one with `adawise vrf-index`)")
@@ -228,7 +228,7 @@ def _split(text: str | None) -> list[str]:
 
 
 def _resolve_methods(args: argparse.Namespace) -> list[str]:
-    from adawise.methods.registry import registered_methods
+    from adawise.methods.registry import default_methods, registered_methods
 
     known = set(registered_methods())
     if args.methods:
@@ -240,11 +240,7 @@ def _resolve_methods(args: argparse.Namespace) -> list[str]:
             raise UsageError(f"--methods: unknown method(s) {unknown or [args.methods]}; registered methods: "
                              f"{', '.join(sorted(known))}")
         return names
-    names = [n for n in DEFAULT_METHODS if n in known]
-    missing = [n for n in DEFAULT_METHODS if n not in known]
-    if missing:
-        log.warning("default method(s) %s are not available in this version; running %s", missing, names)
-    return names
+    return default_methods()
 
 
 # --- running ----------------------------------------------------------------------------------------
@@ -266,7 +262,7 @@ def run_methods(zs: nn.Module, ft: nn.Module, stream: Stream, methods: Sequence[
     from tqdm.auto import tqdm
 
     from adawise.evaluation.loop import run_stream
-    from adawise.methods.registry import make_method
+    from adawise.methods.registry import make_method, method_class
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,11 +270,12 @@ def run_methods(zs: nn.Module, ft: nn.Module, stream: Stream, methods: Sequence[
     results: dict[str, Any] = {}
     upper_bounds: list[str] = []
     methods = list(methods)
-    if "vrf" in methods and options.get("vrf", {}).get("index") is None:
-        log.warning("skipping vrf: it needs a Zero-Shot-Failure index built from the fine-tuning data; build one "
-                    "with `adawise vrf-index --arch ... --pretrained ... --finetuned ... --source-data DIR "
-                    "--out zsf.safetensors` and pass --vrf-index zsf.safetensors")
-        methods.remove("vrf")
+    for name in list(methods):  # a method without an option it cannot run without is skipped, saying why
+        for option, how in method_class(name).required_options.items():
+            if options.get(name, {}).get(option) is None:
+                log.warning("skipping %s: %s", name, how)
+                methods.remove(name)
+                break
     for name in tqdm(methods, desc="methods", disable=not progress, dynamic_ncols=True):
         opts = options.get(name, {})
         method = make_method(name, zeroshot=zs, finetuned=ft, **opts)
@@ -308,7 +305,7 @@ def write_summary(results: Mapping[str, Any], out: str | os.PathLike, domains: S
     accuracy = {m: r.per_domain for m, r in results.items()}
     present = {d for row in accuracy.values() for d in row}
     domains = [d for d in (domains or []) if d in present] + sorted(present - set(domains or []))
-    bounds = tuple(upper_bounds) or ("oracle",)
+    bounds = tuple(upper_bounds)
     setting = next(iter(results.values())).setting
     lines = [f"# Accuracy per domain (%), setting {setting}", "",
              format_table(accuracy, domains, id_domain=id_domain, upper_bounds=bounds, fmt="markdown"), "",

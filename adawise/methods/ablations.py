@@ -227,6 +227,15 @@ class GridSearch(WeightSpaceMethod):
     No state carries over between batches (``reset`` is a no-op); costs ``len(grid)`` passes.
     """
 
+    family = "adaptive"
+
+    @classmethod
+    def sweep_replay(cls, sweep: Any) -> tuple[Any, float, dict[str, Any]]:
+        """The grid minimiser of the entropy per batch (what this method computes with a pass per grid α)."""
+        alphas = list(sweep.alphas)
+        choice = [alphas[i] for i in sweep.grid_choice("entropy").tolist()]
+        return (lambda t, d: choice[t]), float(len(alphas)), {"objective": "entropy", "grid": alphas}
+
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, objective: str = "entropy",
                  grid: int | Sequence[float] = 21, device: Any = None,
                  amp_dtype: torch.dtype | None = None) -> None:
@@ -279,6 +288,15 @@ class Oracle(WeightSpaceMethod):
 
     ``reset()`` keeps the prepared table (it is knowledge, not adaptation state).
     """
+
+    family = "bound"
+
+    @classmethod
+    def sweep_replay(cls, sweep: Any) -> tuple[Any, float, dict[str, Any]]:
+        """The best α per domain of the sweep (what this method finds from the labels)."""
+        table = sweep.oracle_alphas()
+        return (lambda t, d: table[d]), 1.0, {"grid": list(sweep.alphas), "alphas_per_domain": table,
+                                              "upper_bound": True}
 
     uses_labels = True
     upper_bound = True
@@ -346,6 +364,9 @@ class DaWin(Method):
     logits; returns log((1 − λ)·p_zs + λ·p_ft). Two passes per batch (the given models, read only);
     no state. ``info`` holds the batch mean of λ. A row whose entropies are not finite gets λ = 0.5.
     """
+
+    output_ensemble = True
+    family = "ensemble"
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module) -> None:
         super().__init__()

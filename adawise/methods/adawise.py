@@ -55,7 +55,7 @@ from adawise.methods.weight_space import WeightSpaceMethod
 __all__ = ["AdaWiSE", "AdaWiSEConfig", "PRESETS", "SearchState"]
 
 
-@register("adawise")
+@register("adawise", default_run=True)
 class AdaWiSE(WeightSpaceMethod):
     """Test-time weight-space ensemble: per batch, BO over α of a label-free objective.
 
@@ -85,6 +85,8 @@ class AdaWiSE(WeightSpaceMethod):
     """
 
     adapts = True
+    app_options = frozenset({"preset", "seed"})
+    family = "adaptive"
 
     def __init__(
         self,
@@ -484,6 +486,7 @@ def variant(objective: str, **defaults: Any) -> Any:
         return AdaWiSE(zeroshot, finetuned, **options)
 
     factory.__name__ = factory.__qualname__ = f"adawise_{objective}"
+    factory.method_class = AdaWiSE  # type: ignore[attr-defined]
     factory.__doc__ = f"AdaWiSE with the ``{objective}`` objective (same options as :class:`AdaWiSE`)."
     return factory
 

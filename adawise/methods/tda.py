@@ -207,6 +207,7 @@ class TDA(Method):
     """
 
     adapts = True
+    family = "tta"
 
     def __init__(self, zeroshot: nn.Module | None = None, finetuned: nn.Module | None = None,
                  alpha: float | None = None, pos_capacity: int = 3, pos_alpha: float = 2.0, pos_beta: float = 5.0,

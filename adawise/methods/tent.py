@@ -122,6 +122,7 @@ class Tent(Method):
     """
 
     adapts = True
+    family = "tta"
 
     def __init__(self, zeroshot: nn.Module | None = None, finetuned: nn.Module | None = None,
                  alpha: float | None = None, lr: float = 2.5e-4, lr_batch: int | None = 64,

@@ -49,7 +49,7 @@ def check_index_models(index: ZSFIndex, zeroshot: nn.Module, finetuned: nn.Modul
         )
 
 
-@register("vrf")
+@register("vrf", default_run=True)
 class VRF(EndpointPair, Method):
     """Variance-reduction fine-tuning's sample-wise output ensemble; returns log-probabilities.
 
@@ -60,6 +60,13 @@ class VRF(EndpointPair, Method):
         T_zs, T_ft: override the index's fitted temperatures.
         check_hash: refuse an index built for other model weights (default True).
     """
+
+    output_ensemble = False
+    app_options = frozenset({"index"})
+    required_options = {"index": "it needs a Zero-Shot-Failure index built from the fine-tuning data; build one with "
+                                 "`adawise vrf-index --arch ... --pretrained ... --finetuned ... --source-data DIR "
+                                 "--out zsf.safetensors` and pass --vrf-index zsf.safetensors"}
+    family = "ensemble"
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, index: ZSFIndex | str | os.PathLike | None = None,
                  a: float | None = None, b: float | None = None, T_zs: float | None = None,
