@@ -391,7 +391,8 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
 
     t = time.perf_counter()
     record = _Recorder(AlphaEvaluator(world.zeroshot, world.finetuned))
-    bar = tqdm(stream, total=len(stream), desc=f"α sweep ({len(alphas)} αs)", disable=not progress, leave=False)
+    bar = tqdm(stream, total=len(stream), desc=f"α sweep ({len(alphas)} αs)", leave=False,
+               disable=None if progress else True)  # None: off when the output is not a terminal
     sweep = sweep_stream(record, bar, alphas, list(OBJECTIVES))
     seconds["sweep"] = time.perf_counter() - t
     _say(f"α sweep over {len(sweep.alphas)} αs: {seconds['sweep']:.1f} s")

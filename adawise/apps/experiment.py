@@ -276,7 +276,7 @@ def run_methods(zs: nn.Module, ft: nn.Module, stream: Stream, methods: Sequence[
                 log.warning("skipping %s: %s", name, how)
                 methods.remove(name)
                 break
-    for name in tqdm(methods, desc="methods", disable=not progress, dynamic_ncols=True):
+    for name in tqdm(methods, desc="methods", disable=None if progress else True, dynamic_ncols=True):
         opts = options.get(name, {})
         method = make_method(name, zeroshot=zs, finetuned=ft, **opts)
         if method.uses_labels:

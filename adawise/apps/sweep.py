@@ -227,7 +227,7 @@ def _warm_embedded(config: SweepConfig, pending: Sequence[Run], progress: bool) 
 def _bar(total: int, progress: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+    return tqdm(total=total, desc="sweep", unit="run", disable=None if progress else True, dynamic_ncols=True)
 
 
 def _task_record(out: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 import warnings
@@ -48,13 +47,11 @@ def guarded(prog: str, main: Callable[..., Any], *args: Any) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per available command."""
+    """The top-level parser with one sub-parser per command."""
     parser = ArgumentParser(prog="adawise", description="Test-time adaptation of weight-space ensembles.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(module) is None:
-            continue
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
     return parser
 
@@ -71,9 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args.command is None else 2
     name = argv[0]
     module_name, help_text = COMMANDS[name]
-    if importlib.util.find_spec(module_name) is None:
-        print(f"adawise {name}: not built yet in this version", file=sys.stderr)
-        return 2
     module = importlib.import_module(module_name)
     sub = ArgumentParser(prog=f"adawise {name}", description=help_text,
                          epilog=getattr(module, "EPILOG", None), formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -209,7 +209,7 @@ def train_epochs(params: Any, n: int, epochs: int, batch: int, lr: float, weight
     total = steps_per_epoch * epochs
     opt, sched = _optimizer(params, lr, weight_decay, total, max(1, int(0.05 * total)))
     losses: list[float] = []
-    bar = tqdm(total=total, desc=desc, disable=not progress, unit="step")
+    bar = tqdm(total=total, desc=desc, disable=None if progress else True, unit="step")
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         running = 0.0

@@ -352,7 +352,9 @@ def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: 
     started = time.perf_counter()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(stream) if hasattr(stream, "__len__") else None, desc=method.name, disable=not progress,
+    # disable=None: no bar when stderr is not a terminal (a redirected log gets no bar lines)
+    bar = tqdm(total=len(stream) if hasattr(stream, "__len__") else None, desc=method.name,
+               disable=None if progress else True,
                leave=False, dynamic_ncols=True)
     seen = 0  # batches the stream has yielded
     skipped_before = 0
