@@ -1,6 +1,6 @@
 """AdaWiSE presets side by side: faithful vs fast, for each objective, on the same continual stream.
 
-Provenance: AdaWiSE (Döbler et al., ECCV Workshops 2024; reconstruction in METHODS.md); the ablations
+Provenance: AdaWiSE (Döbler et al., ECCV Workshops 2024; this project's reconstruction); the ablations
 (grid, oracle) come from one α sweep of the stream (:func:`adawise.methods.ablations.sweep_stream`).
 
 Reports, per method: accuracy, agreement of the chosen α with the faithful preset (mean |Δα|, share

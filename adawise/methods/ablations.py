@@ -1,7 +1,7 @@
 """Ablations of AdaWiSE: what a grid, the labels, or a closed-form rule achieve instead of BO.
 
 - ``adawise-grid``: the objective's minimum over a fixed α grid on every batch (what BO approximates;
-  Döbler et al., ECCV Workshops 2024, reconstructed in METHODS.md).
+  Döbler et al., ECCV Workshops 2024, reconstructed by this project).
 - ``oracle``: for each domain the static α with the best accuracy there, read from the labels in
   ``prepare(stream)``; an UPPER BOUND (``uses_labels = True``), never a competitor.
 - ``dawin``: DaWin (Oh et al., ICLR 2025): a closed-form per-sample coefficient

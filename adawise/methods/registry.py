@@ -17,7 +17,8 @@ Factory = Callable[..., Method]
 _REGISTRY: dict[str, Factory] = {}
 _DEFAULT_RUN: dict[str, None] = {}  # an ordered set, in registration order
 
-#: modules whose import registers the built-in methods
+#: modules whose import registers the built-in methods, in the order of the default run (other modules of
+#: the package are imported after them)
 _BUILTIN_MODULES = (
     "adawise.methods.static",
     "adawise.methods.adawise",
@@ -48,7 +49,14 @@ def register(name: str, *, default_run: bool = False) -> Callable[[Factory], Fac
 
 
 def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
+    """Import the modules that register methods: the built-ins in their order (the default run's order),
+    then every other module of :mod:`adawise.methods` (a new method's module needs no entry anywhere)."""
+    import pkgutil
+
+    import adawise.methods as package
+
+    others = sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
+    for module in dict.fromkeys((*_BUILTIN_MODULES, *others)):
         importlib.import_module(module)
 
 
