@@ -39,6 +39,9 @@ _EXPORTS = {
     "ZSFIndex": "adawise.methods.zsf",
     "build_zsf_index": "adawise.methods.zsf",
     "load_embedded": "adawise.embedded.world",
+    "EmbeddedWorld": "adawise.embedded.world",
+    "EmbeddedRecipe": "adawise.embedded.world",
+    "AdaWiSEConfig": "adawise.methods.adawise_config",
     **{name: "adawise.errors" for name in (
         "AdawiseError", "UsageError", "InputTypeError", "MissingFileError", "AccessError", "DataError",
         "CheckpointError", "UntrustedPickleError", "ModelMismatchError", "StateDictMismatchError", "LogError",

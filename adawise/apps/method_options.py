@@ -63,7 +63,7 @@ def check_method_options(methods: Sequence[str], opts: Mapping[str, Mapping[str,
     so its own checks run before any real model is loaded; ``vrf``'s index file is only checked to exist."""
     import inspect
 
-    from adawise.methods.registry import _REGISTRY, make_method, registered_methods
+    from adawise.methods.registry import make_method, method_class, registered_methods
 
     flags = flags or {}
     known = registered_methods()
@@ -74,14 +74,16 @@ def check_method_options(methods: Sequence[str], opts: Mapping[str, Mapping[str,
     for name in methods:
         o = dict(opts.get(name, {}))
         where = " / ".join(sorted({flags.get((name, k), f"{name}.{k}") for k in o})) or f"method {name}"
-        if name == "vrf":
-            params = inspect.signature(_REGISTRY["vrf"]).parameters
+        required = method_class(name).required_options
+        if required:  # it needs an input no stand-in provides (a file): check the names, and that files exist
+            params = inspect.signature(method_class(name)).parameters
             unknown = sorted(set(o) - set(params) - {"zeroshot", "finetuned"})
             if unknown:
-                raise UsageError(f"{where}: vrf has no option {unknown}; known: "
+                raise UsageError(f"{where}: {name} has no option {unknown}; known: "
                                  f"{', '.join(p for p in params if p not in ('self', 'zeroshot', 'finetuned'))}")
-            if o.get("index") is not None:
-                check.input_file(o["index"], flags.get(("vrf", "index"), "vrf.index"), "ZSF index file")
+            for option in required:
+                if isinstance(o.get(option), (str, Path)):
+                    check.input_file(o[option], flags.get((name, option), f"{name}.{option}"), f"{name} {option} file")
             continue
         torch.manual_seed(0)
         stand_in = (_StandIn(), _StandIn())

@@ -256,13 +256,15 @@ def _methods(value: Any) -> list[dict[str, Any]]:
         if not isinstance(entry.get("options", {}), Mapping):
             raise SweepError(f"method {name!r}: options must be a table of option -> value, got {entry['options']!r}")
         options = dict(entry.get("options", {}))
-        if name == "vrf" and "index" not in options:
-            raise SweepError("method vrf needs options.index: a Zero-Shot-Failure index file (build one with "
-                             "`adawise vrf-index ... --out zsf.safetensors`)")
         from adawise.apps.method_options import check_method_options
+        from adawise.methods.registry import method_class
 
+        required = method_class(name).required_options
+        for option, how in required.items():
+            if option not in options:
+                raise SweepError(f"method {name} needs options.{option}: {how}")
         try:  # a value the method refuses (wiseft alpha 1.5, an unknown AdaWiSE option) stops the sweep now
-            check_method_options([name], {name: {k: v for k, v in options.items() if k != "index"}},
+            check_method_options([name], {name: {k: v for k, v in options.items() if k not in required}},
                                  {(name, k): f"method {name!r} option {k!r}" for k in options})
         except UsageError as err:
             raise SweepError(str(err)) from None
