@@ -93,7 +93,8 @@ def test_log_expected_improvement_known_values() -> None:
         got = float(log_expected_improvement(torch.tensor(u, dtype=torch.float64)))
         assert got == pytest.approx(_log_ei_reference(u), rel=1e-12, abs=1e-12), u
     for u in (-40.0, -300.0, -1e4):
-        series = -0.5 * u * u - 0.5 * math.log(2 * math.pi) - 2 * math.log(-u) + math.log1p(-3 / u**2 + 15 / u**4 - 105 / u**6)
+        series = (-0.5 * u * u - 0.5 * math.log(2 * math.pi) - 2 * math.log(-u)
+                  + math.log1p(-3 / u**2 + 15 / u**4 - 105 / u**6))
         for dtype, rel in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
             got = float(log_expected_improvement(torch.tensor(u, dtype=dtype)))
             assert got == pytest.approx(series, rel=rel), (u, dtype)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from adawise import options as check
 from adawise.errors import MissingFileError, UsageError
+from adawise.evaluation.loop import SETTINGS
 from adawise.methods.base import Method
 from adawise.methods.registry import make_method, method_class, registered_methods
 
@@ -91,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="α grid of the shared sweep: comma-separated values or a number of equally spaced "
                              "points (default %(default)s; 11 gives step 0.1 and costs 4 more passes per batch)")
     parser.add_argument("--preset", default="fast", help="AdaWiSE preset: fast (default) or faithful (slow)")
-    parser.add_argument("--setting", default="continual", choices=("continual", "reset_each_shift"),
+    parser.add_argument("--setting", default="continual", choices=SETTINGS,
                         help="continual (never reset, the default) or reset_each_shift")
     parser.add_argument("--recipe", default="full", help="world recipe: full (default), tiny, or a JSON file")
     parser.add_argument("--recipes", default=None,

@@ -37,6 +37,7 @@ from torch import nn
 from adawise import options as check
 from adawise.apps.method_options import check_method_options, method_options_of
 from adawise.errors import AccessError, MissingFileError, UsageError
+from adawise.evaluation.loop import SETTINGS
 from adawise.models.pairs import clip_pair as load_models
 from adawise.models.pairs import default_head_cache, image_size_of, parse_arch, weights_path
 from streams.base import Stream, StreamSpec
@@ -376,7 +377,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     check.integer(args.workers, "--workers", minimum=0, maximum=max(8, 4 * (os.cpu_count() or 1)), optional=True)
     check.number(args.alpha, "--alpha", 0.0, 1.0)
     check.number(args.ose_w, "--ose-w", 0.0, 1.0)
-    if args.setting not in (None, "continual", "reset_each_shift"):
+    if args.setting not in (None, *SETTINGS):
         raise UsageError(f"--setting {args.setting!r}: choose continual or reset_each_shift")
     if "reset_each_shift" in (args.order, getattr(args, "schedule", None)) and args.setting == "continual":
         raise UsageError("the schedule reset_each_shift runs with the setting reset_each_shift; drop --setting "

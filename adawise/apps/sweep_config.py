@@ -14,13 +14,13 @@ from typing import Any
 from adawise import options as check
 from adawise.apps.factories import MODEL_KINDS, SweepError
 from adawise.errors import UsageError
+from adawise.evaluation.loop import SETTINGS
 
 __all__ = ["Run", "SweepConfig", "SETTINGS", "load_config"]
 
 
 
 
-SETTINGS: tuple[str, ...] = ("continual", "reset_each_shift")
 
 
 _TOP_KEYS = {"models", "streams", "methods", "settings", "seeds", "resources", "out", "device", "ray", "id_domain",
