@@ -1,6 +1,6 @@
 """Long streams: does AdaWiSE keep its memory flat and its α stable over tens of thousands of batches?
 
-Provenance: AdaWiSE (Döbler et al., ECCV Workshops 2024; this project's reconstruction, METHODS.md).
+Provenance: AdaWiSE (Döbler et al., ECCV Workshops 2024; this project's reconstruction).
 
 The model is tiny on purpose (the question is the engine's bookkeeping, not the network): a two-layer
 linear pair whose entropy minimum over α is known per domain by construction. The input has one block of

@@ -1,6 +1,6 @@
 """AdaWiSE presets side by side: faithful vs fast, for each objective, on the same continual stream.
 
-Provenance: AdaWiSE (Döbler et al., ECCV Workshops 2024; reconstruction in METHODS.md); the ablations
+Provenance: AdaWiSE (Döbler et al., ECCV Workshops 2024; this project's reconstruction); the ablations
 (grid, oracle) come from one α sweep of the stream (:func:`adawise.methods.ablations.sweep_stream`).
 
 Reports, per method: accuracy, agreement of the chosen α with the faithful preset (mean |Δα|, share
@@ -74,8 +74,8 @@ import torch
 from torch import Tensor, nn
 
 import adawise
+from adawise.core.alpha_engine import AlphaEvaluator
 from adawise.methods.ablations import alpha_grid, sweep_stream
-from adawise.methods.adawise import AlphaEvaluator
 from streams.base import Batch
 
 

@@ -67,10 +67,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import Stopwatch, environment, median, time_ms  # noqa: E402
 
 import adawise  # noqa: E402
-from adawise.methods.adawise import AlphaEvaluator  # noqa: E402
+from adawise.core.alpha_engine import AlphaEvaluator  # noqa: E402
+from adawise.core.weights import WeightSpace  # noqa: E402
 from adawise.methods.base import Method  # noqa: E402
 from adawise.models.clip import CLIPClassifier  # noqa: E402
-from adawise.weights import WeightSpace  # noqa: E402
 
 METHODS = ("finetuned", "wiseft", "adawise-fast", "adawise-faithful", "adawise-infomax", "adawise-anchored",
            "adawise-windowed", "vrf", "dawin", "tent", "tda")
@@ -93,7 +93,7 @@ def _perturbed(model: nn.Module, scale: float, seed: int) -> nn.Module:
 
 def embedded_world(device: torch.device, weights: str) -> dict[str, Any]:
     """The embedded world's classifier pair (cached weights or a random init; never trains) and images."""
-    from adawise.models import embedded as emb
+    from adawise.embedded import world as emb
     from streams import fashion
     from streams.shifts import apply_shift
 
@@ -219,7 +219,7 @@ def build(name: str, world: dict[str, Any], amp: torch.dtype | None, device: tor
     if name == "finetuned-cudagraph":
         return GraphedPlain(zs, ft, amp)
     opts: dict[str, Any] = {"amp_dtype": amp, "device": device}
-    if name == "adawise-windowed":  # the registered configuration (adawise.methods.adawise.WINDOWED_DEFAULTS)
+    if name == "adawise-windowed":  # the registered configuration (adawise.methods.windowed.WINDOWED_DEFAULTS)
         return adawise.make_method(name, zeroshot=zs, finetuned=ft, **opts)
     objective = {"adawise-infomax": "infomax", "adawise-anchored": "anchored"}.get(name, "entropy")
     preset = "faithful" if name == "adawise-faithful" else "fast"
@@ -237,7 +237,7 @@ def build(name: str, world: dict[str, Any], amp: torch.dtype | None, device: tor
 
 def zsf_index(world: dict[str, Any], device: torch.device) -> Any:
     """A ZSF index of random unit features, the size of the world's (ImageNet-like for CLIP towers)."""
-    from adawise.zsf import ZSFIndex, reference_k
+    from adawise.methods.zsf import ZSFIndex, reference_k
 
     n, n_source = world["index"]
     dim = world["zeroshot"].head.in_features

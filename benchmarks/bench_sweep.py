@@ -1,6 +1,6 @@
 """Benchmark: scaling out. (1) Wall time of one small sweep of tiny-model runs on a local Ray cluster
 with 1 vs 2 workers (each task asks for 1 CPU and runs torch on 1 thread), with the sequential in-process
-executor as reference. (2) Memory of :class:`adawise.multistream.MultiStreamAdaWiSE` serving 1, 8 and 64
+executor as reference. (2) Memory of :class:`adawise.evaluation.multistream.MultiStreamAdaWiSE` serving 1, 8 and 64
 streams: bytes of the per-stream state, process RSS growth, against separate AdaWiSE engines (one model
 copy each). Not a test: run it by hand (needs ``pip install 'adawise[ray]'`` for part 1).
 
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adawise.sweep import SweepConfig, run_sweep  # noqa: E402
+from adawise.apps.sweep import SweepConfig, run_sweep  # noqa: E402
 
 #: a tiny open_clip config (32x32 images), as in the tests
 TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
@@ -54,8 +54,8 @@ def _warm_workers(ray: Any, n: int) -> None:
 
     @ray.remote(num_cpus=1)
     def warm() -> int:
+        import adawise.apps.sweep  # noqa: F401
         import adawise.methods.adawise  # noqa: F401
-        import adawise.sweep  # noqa: F401
 
         return os.getpid()
 
@@ -115,8 +115,8 @@ def _pair() -> tuple[Any, Any]:
 
 def _memory_one(count: int, batches: int, batch_size: int, separate: bool) -> dict[str, Any]:
     """One measurement in a fresh process (so memory freed by another measurement cannot be reused)."""
+    from adawise.evaluation.multistream import MultiStreamAdaWiSE
     from adawise.methods.adawise import AdaWiSE
-    from adawise.multistream import MultiStreamAdaWiSE
 
     torch.set_num_threads(1)
     zs, ft = _pair()

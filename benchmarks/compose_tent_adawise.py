@@ -34,12 +34,13 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from tta_validation import validation_stream  # noqa: E402
+
 import adawise  # noqa: E402
+from adawise.core.objectives import entropy  # noqa: E402
+from adawise.embedded.world import embedded_stream, load_embedded  # noqa: E402
 from adawise.methods.adawise import AdaWiSE  # noqa: E402
 from adawise.methods.tent import norm_parameters  # noqa: E402
-from adawise.models.embedded import embedded_stream, load_embedded  # noqa: E402
-from adawise.objectives import entropy  # noqa: E402
-from tta_validation import validation_stream  # noqa: E402
 
 
 class AdaWiSETent(AdaWiSE):

@@ -86,7 +86,7 @@ class LabLogits:
 
 
 def _world(seed_world: int, recipe: str) -> Any:
-    from adawise.models.embedded import EmbeddedRecipe, load_embedded
+    from adawise.embedded.world import EmbeddedRecipe, load_embedded
 
     base = EmbeddedRecipe.resolve(recipe)
     return load_embedded(dataclasses.replace(base, seed=seed_world) if seed_world != base.seed else base)
@@ -103,9 +103,9 @@ def load_logits(domains: Sequence[str], world: Any = None, *, seed_world: int = 
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
+    from adawise.core.alpha_engine import AlphaEvaluator
+    from adawise.embedded.world import cache_root
     from adawise.methods.ablations import alpha_grid
-    from adawise.methods.adawise import AlphaEvaluator
-    from adawise.models.embedded import cache_root
     from streams.fashion import _shift_code_hash, _shifted, domain_images
 
     world = world if world is not None else _world(seed_world, recipe)
@@ -278,7 +278,7 @@ def _strided(start: int, n: int, k: int) -> Tensor:
 
 def _interpolated(s: LabStream, rows: Tensor, centre: int) -> Tensor:
     """The window's view of θ(α) on ``rows``: logits through (0, centre, 1), quadratic in α (linear when
-    the centre is an endpoint), as :class:`adawise.objectives.ProportionWindow` computes them: [A, k, C]."""
+    the centre is an endpoint), as :class:`adawise.core.objectives.ProportionWindow` computes them: [A, k, C]."""
     a = torch.tensor(s.alphas, dtype=s.logp.dtype).view(-1, 1, 1)
     c = float(s.alphas[centre])
     z0, zc, z1 = s.logp[0, rows], s.logp[centre, rows], s.logp[-1, rows]

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import adawise  # noqa: E402
-from adawise.models.embedded import embedded_stream, load_embedded  # noqa: E402
+from adawise.embedded.world import embedded_stream, load_embedded  # noqa: E402
 from streams.base import ConcatStream, TensorStream  # noqa: E402
 from streams.shifts import apply_shift  # noqa: E402
 

@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from adawise import experiment
+from adawise.apps import experiment
 from adawise.cli import ArgumentParser, guarded
 
 

@@ -185,7 +185,7 @@ def embedded_stream(source: Any = None, *, domains: Any = None, order: str = "sh
     base_x, base_y, pick = domain_images(images, labels, int(spec.opts["per_domain"]), spec.seed)
     names = scheduled_domains(spec.domains, sched)
     shifted = []
-    for name in tqdm(names, desc="shifting test images", disable=not progress, leave=False):
+    for name in tqdm(names, desc="shifting test images", disable=None if progress else True, leave=False):
         shifted.append(_shifted(base_x, name, zlib.crc32(f"{spec.seed}:{name}".encode()), cache_dir, indices=pick))
     pairs = sample_plan(base_y, names, sched, sample, spec.seed)
     if sched == "mixed":

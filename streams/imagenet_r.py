@@ -27,7 +27,6 @@ paths and sizes), so a resumed run notices another set of files.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import zlib
@@ -35,17 +34,23 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from streams.base import Batch, Stream, StreamSpec
+from streams.folders import (
+    MAX_ASPECT,
+    MAX_PIXELS,
+    Sample,
+    collate_drop_failed,
+    decode_image,
+    files_fingerprint,
+    list_folders,
+    list_images,
+)
 
 __all__ = [
     "IMAGENET_WNIDS", "IMAGENET_CLASSNAMES", "IMAGENET_R_WNIDS", "IMAGENET_R_CLASSNAMES",
@@ -58,7 +63,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DOWNLOAD_URL = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 RENDITIONS: tuple[str, ...] = (
     "art", "cartoon", "deviantart", "embroidery", "graffiti", "graphic", "misc", "origami",
     "painting", "sculpture", "sketch", "sticker", "tattoo", "toy", "videogame",
@@ -73,11 +77,6 @@ LEGACY_ORDERS: dict[str, tuple[str, str]] = {
 #: schedules ImageNet-R supports (no severities, so no ``gradual``)
 SCHEDULES = ("continual", "reset_each_shift", "mixed")
 UNKNOWN_DOMAIN = "unknown"  # files whose name has no "<rendition>_" prefix
-#: images with more pixels than this are skipped from their header (PIL's own decompression-bomb limit)
-MAX_PIXELS = 89_478_485
-#: images whose long side exceeds this many times the short side are skipped from their header (resizing
-#: the short side to 224 would blow the long side up: a 1x10000 PNG costs gigabytes)
-MAX_ASPECT = 25
 
 
 def _read_lines(name: str) -> tuple[str, ...]:
@@ -116,97 +115,6 @@ def _missing_root_message(root: Path) -> str:
 def _domain_of(filename: str) -> str:
     prefix, sep, _ = filename.partition("_")
     return prefix if sep and prefix else UNKNOWN_DOMAIN
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB view of any PIL image; alpha is composited on white, 16-bit/float data scaled to 8 bits."""
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        t = torch.from_numpy(np.asarray(img, dtype=np.float32).copy())
-        top = 65535.0 if img.mode.startswith("I;16") or float(t.max()) > 255 else 255.0
-        t = (t.clamp(0, top) * (255.0 / top)).round().to(torch.uint8)
-        img = Image.fromarray(t.numpy(), "L")
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def _clip_eval_transform(img: Image.Image, image_size: int) -> Tensor:
-    img = TF.resize(img, image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    img = TF.center_crop(img, [image_size, image_size])
-    return TF.to_tensor(img)
-
-
-def decode_image(path: str | os.PathLike[str], image_size: int) -> Tensor:
-    """One image file as CLIP's eval crop, a [3, S, S] float tensor in [0, 1]; raises on an unreadable or
-    truncated file, and (from the header, before decoding) on more than :data:`MAX_PIXELS` pixels or an
-    aspect ratio beyond 1::data:`MAX_ASPECT`."""
-    with Image.open(path) as img:
-        width, height = img.size
-        if width * height > MAX_PIXELS:
-            raise ValueError(f"{width}x{height} pixels, more than the {MAX_PIXELS} an image may have here")
-        if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
-            raise ValueError(f"extreme aspect ratio {width}x{height} (beyond 1:{MAX_ASPECT}): not a photo to "
-                             "centre-crop")
-        img.load()  # force a full decode so truncated files fail here
-        rgb = _to_rgb(img)
-    return _clip_eval_transform(rgb, image_size)
-
-
-def list_folders(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """Sorted names of the visible sub-folders of ``root``, and (path, reason) of entries that cannot be
-    checked (a symlink loop, a broken permission): those are skipped, never a crash."""
-    names, problems = [], []
-    with os.scandir(root) as entries:
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            try:
-                if e.is_dir():
-                    names.append(e.name)
-            except OSError as err:
-                problems.append((str(root / e.name), f"{type(err).__name__}: {err.strerror or err}"))
-    return sorted(names), problems
-
-
-def list_images(folder: Path) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
-    """Sorted (file name, size) of the image files in ``folder``, and (path, reason) of what cannot be
-    listed: the folder itself (unreadable) or single entries (a symlink loop)."""
-    files, problems = [], []
-    try:
-        with os.scandir(folder) as entries:
-            for e in entries:
-                if not e.name.lower().endswith(IMG_EXTENSIONS):
-                    continue
-                try:
-                    if e.is_file():
-                        files.append((e.name, e.stat().st_size))
-                except OSError as err:
-                    problems.append((str(folder / e.name), f"{type(err).__name__}: {err.strerror or err}"))
-    except OSError as err:
-        problems.append((str(folder), f"unreadable folder ({type(err).__name__}: {err.strerror or err})"))
-    return sorted(files), problems
-
-
-def files_fingerprint(root: Path, files: Sequence[tuple[str, int]]) -> str:
-    """A short hash of the files a folder stream reads: paths relative to ``root``, and sizes."""
-    digest = hashlib.sha256()
-    for path, size in files:
-        digest.update(f"{os.path.relpath(path, root)}:{size}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-class Sample(NamedTuple):
-    """One decoded file. ``image`` is None when decoding failed; ``error`` then says why."""
-
-    index: int
-    path: str
-    image: Tensor | None
-    label: int
-    error: str | None
 
 
 class ImageNetRFolder(Dataset):
@@ -320,22 +228,6 @@ class ImageNetRFolder(Dataset):
             reason = f"{type(exc).__name__}: {exc}"
             self.skipped.append((path, reason))
             return Sample(index, path, None, label, reason)
-
-
-def collate_drop_failed(items: Sequence[Sample]) -> dict[str, Any]:
-    """Stack the decoded samples of a batch; failed ones are dropped and returned under ``skipped``.
-
-    Returns ``{"images": [n,3,S,S] or None, "labels": [n] int64, "indices": [n] int64,
-    "skipped": [(path, reason), ...]}``; worker-safe, since the skipped paths travel with the batch.
-    """
-    ok = [s for s in items if s is not None and s.image is not None]
-    skipped = [(s.path, s.error or "unreadable") for s in items if s is not None and s.image is None]
-    return {
-        "images": torch.stack([s.image for s in ok]) if ok else None,
-        "labels": torch.tensor([s.label for s in ok], dtype=torch.long),
-        "indices": torch.tensor([s.index for s in ok], dtype=torch.long),
-        "skipped": skipped,
-    }
 
 
 def _seeded_perm(n: int, seed: int, salt: str) -> list[int]:

@@ -42,7 +42,6 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +49,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from streams.base import Batch, Stream, StreamSpec, TensorStream
+from streams.imagenet_val import IMAGENET_VAL_HELP, ImageNetValFolder
 
 __all__ = [
     "ORDERS", "SOURCES", "CLEAN", "GRADUAL_SEVERITIES", "corruption_spec", "corruption_stream",
@@ -63,12 +63,6 @@ ORDERS: tuple[str, ...] = ("continual", "reset_each_shift", "gradual", "mixed")
 SOURCES: tuple[str, ...] = ("imagenet-r", "imagenet-c", "corruptions", "tensors")
 CLEAN = "clean"
 GRADUAL_SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5, 4, 3, 2, 1)
-IMAGENET_VAL_HELP = (
-    "The imagenet-c stream corrupts clean ImageNet validation images on the fly. Download "
-    "ILSVRC2012_img_val.tar from https://image-net.org/download-images (free registration), extract it and "
-    "sort the 50,000 images into one folder per class (<wnid>/ILSVRC2012_val_*.JPEG, e.g. with valprep.sh "
-    "from https://github.com/soumith/imagenetloader.torch), then pass that folder: --data path/val."
-)
 
 
 def _seed(seed: int, key: str) -> int:
@@ -160,57 +154,6 @@ def _check_spec(spec: StreamSpec) -> None:
     limit = spec.opts.get("limit_per_domain")
     if limit is not None and int(limit) < 1:
         raise ValueError(f"limit_per_domain must be >= 1 or None, got {limit}")
-
-
-# --- base image sources ---------------------------------------------------------------------------
-
-
-class ImageNetValFolder(Dataset):
-    """Clean ImageNet validation images ``<root>/<wnid>/<file>``; label = index of the wnid in the
-    1000 sorted ImageNet wnids. Decoding as in :class:`streams.imagenet_r.ImageNetRFolder` (CLIP eval
-    crop without normalisation, RGB conversion); ``dataset[i]`` never raises on a bad file."""
-
-    def __init__(self, root: str | os.PathLike[str], image_size: int = 224) -> None:
-        from streams.corruptions import CORRUPTIONS
-        from streams.imagenet_r import IMAGENET_WNIDS, list_folders, list_images
-
-        self.root, self.image_size = Path(root).expanduser(), int(image_size)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"ImageNet validation folder not found: looked at {self.root}. "
-                                    + IMAGENET_VAL_HELP)
-        folders, self.scan_skipped = list_folders(self.root)  # symlink loops, unreadable entries: skipped
-        if set(folders) & set(CORRUPTIONS):
-            raise ValueError(
-                f"{self.root} looks like a pre-rendered ImageNet-C folder (<corruption>/<severity>/<wnid>); "
-                "this stream corrupts clean images itself, so pass the clean ImageNet validation folder instead. "
-                + IMAGENET_VAL_HELP)
-        index = {w: i for i, w in enumerate(IMAGENET_WNIDS)}
-        unknown = [f for f in folders if f not in index]
-        if unknown:
-            raise ValueError(f"{self.root} contains folder(s) that are not ImageNet wnids: {unknown[:5]}. "
-                             + IMAGENET_VAL_HELP)
-        self.samples: list[tuple[str, int]] = []
-        self.files: list[tuple[str, int]] = []
-        for wnid in folders:
-            names, problems = list_images(self.root / wnid)
-            self.scan_skipped += problems
-            self.samples += [(str(self.root / wnid / n), index[wnid]) for n, _ in names]
-            self.files += [(str(self.root / wnid / n), size) for n, size in names]
-        if not self.samples:
-            raise FileNotFoundError(f"no images under {self.root}/<wnid>/. " + IMAGENET_VAL_HELP)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[Tensor | None, int, str, str | None]:
-        """(image [3, S, S] or None, label, path, error or None)."""
-        from streams.imagenet_r import decode_image
-
-        path, label = self.samples[i]
-        try:
-            return decode_image(path, self.image_size), label, path, None
-        except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never the run
-            return None, label, path, f"{type(exc).__name__}: {exc}"
 
 
 def _as_rgb_float(images: Tensor) -> Tensor:

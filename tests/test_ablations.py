@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import adawise
+from adawise.core.alpha_engine import AlphaEvaluator
+from adawise.core.objectives import entropy, objective_value
+from adawise.core.weights import interpolate
 from adawise.methods.ablations import DaWin, GridSearch, Oracle, alpha_grid, sweep_stream
-from adawise.methods.adawise import AlphaEvaluator
-from adawise.objectives import entropy, objective_value
-from adawise.weights import interpolate
 from streams.base import concat, from_tensors
 
 D, C = 12, 5

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import adawise
+from adawise.core.objectives import entropy
+from adawise.core.weights import interpolate
 from adawise.methods.adawise import PRESETS, AdaWiSE
-from adawise.objectives import entropy
-from adawise.weights import interpolate
 
 D, C = 16, 10
 
@@ -285,3 +285,47 @@ def test_cuda_bf16_autocast() -> None:
     zs, ft = pair(0.7)
     with torch.no_grad():
         assert torch.allclose(out.cpu(), fresh(zs, ft, moved.alpha)(x), atol=1e-4)
+
+
+def test_options_are_a_frozen_typed_config_checked_at_construction() -> None:
+    """An unknown, ill-typed or out-of-range option fails at construction naming itself and what is valid;
+    the header records the same options as the untyped dicts of earlier versions."""
+    import dataclasses
+
+    from adawise.errors import InputTypeError, UsageError
+    from adawise.methods.adawise_config import AdaWiSEConfig
+
+    zs, ft = pair(0.7)
+    with pytest.raises(InputTypeError, match=r"unknown options \['probe_evry'\]; known: .*probe_every"):
+        AdaWiSE(zs, ft, probe_evry=2)
+    with pytest.raises(InputTypeError, match=r"sub_batch='16': must be None or an integer >= 1"):
+        AdaWiSE(zs, ft, sub_batch="16")
+    with pytest.raises(InputTypeError, match=r"track=1: must be True or False"):
+        AdaWiSE(zs, ft, track=1)
+    with pytest.raises(UsageError, match=r"refit='sometimes': must be 'every', 'never' or an integer >= 1"):
+        AdaWiSE(zs, ft, refit="sometimes")
+    with pytest.raises(UsageError, match=r"posterior='exact': must be one of 'botorch', 'closed_form'"):
+        AdaWiSE(zs, ft, posterior="exact")
+    with pytest.raises(UsageError, match=r"probe_acquisitions=\('logei', 'pi'\): must be a non-empty sequence of "):
+        AdaWiSE(zs, ft, probe_acquisitions=("logei", "pi"))
+    cfg = AdaWiSE(zs, ft, probe_every=3).opts
+    assert isinstance(cfg, AdaWiSEConfig) and cfg.probe_every == 3 and cfg["probe_every"] == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.probe_every = 4  # type: ignore[misc]
+    # the log header's options: the same keys and values as the earlier dict presets (config hashes unchanged)
+    old_fast = {"init_alpha": 0.5, "grid_size": 201, "acquisition": "logei", "acq_optimizer": "grid",
+                "probe_every": "auto", "probe_backoff": 1.0, "probe_every_max": 8, "ucb_beta": 9.0,
+                "min_distance": 0.01, "fit_maxiter": None, "window": 8, "search_every": None,
+                "search_on_domain": False, "min_fit_points": 3, "noise": "online", "window_rows": 128,
+                "window_stride": 8.0, "window_fill": 32, "window_weight": 3.0, "window_divergence": "kl",
+                "window_restart": True, "mix_threshold": None, "mix_cap": None, "track": True,
+                "init_design": [0.0, 1.0], "search_evals": 6, "search_on": "full", "sub_batch": 16, "probe_evals": 1,
+                "probe_acquisitions": ["logei", "ucb"], "probe_min_ei": 0.0, "switch_margin": 2e-3, "drift_z": 4.0,
+                "drift_min_rel": 0.05, "drift_beta": 0.2, "drift_warmup": 1, "search_on_jump": 0.2,
+                "memory": "decay", "decay": 0.7, "refit": 500, "posterior": "closed_form", "incumbent": "model"}
+    options = AdaWiSE(zs, ft).options()
+    assert {k: options[k] for k in old_fast} == old_fast and set(options) == set(old_fast) | {
+        "preset", "objective", "seed", "amp_dtype"}
+    faithful = PRESETS["faithful"].as_dict()
+    assert (faithful["track"], faithful["init_design"], faithful["refit"], faithful["noise"]) == (
+        False, [0.0, 0.5, 1.0], "every", "fit")

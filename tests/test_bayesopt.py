@@ -9,8 +9,9 @@ import torch
 from botorch.acquisition import LogExpectedImprovement
 
 import adawise
-from adawise import bayesopt
-from adawise.bayesopt import BayesOpt1D
+from adawise.core import gp
+from adawise.core.bayesopt import BayesOpt1D
+from adawise.core.gp import log_expected_improvement
 
 
 def _two_minima(x: float) -> float:
@@ -70,10 +71,35 @@ def test_closed_form_posterior_equals_botorch() -> None:
         with torch.no_grad():
             post = model.posterior(bo.grid[:, None])
             ref = LogExpectedImprovement(model, best_f=y_neg.max())(bo.grid[:, None, None])
-        mine = bayesopt._log_ei_helper((mu - y_neg.max()) / sd) + sd.log()
+        mine = log_expected_improvement((mu - y_neg.max()) / sd) + sd.log()
         assert torch.allclose(mu, post.mean.squeeze(-1), atol=1e-6)
         assert torch.allclose(sd, post.variance.squeeze(-1).clamp_min(1e-12).sqrt(), atol=1e-6)
         assert torch.allclose(mine, ref, atol=1e-5)
+
+
+def _log_ei_reference(u: float) -> float:
+    """log(φ(u) + u·Φ(u)) from the standard library (exact enough for u >= -8)."""
+    phi = math.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+    return math.log(phi + u * 0.5 * math.erfc(-u / math.sqrt(2)))
+
+
+def test_log_expected_improvement_known_values() -> None:
+    """Our log EI against closed forms: log φ(0) = -log(2π)/2 at u = 0, the direct formula on
+    moderate u, and the tail's asymptotic series log φ(u) - 2 log|u| + log(1 - 3/u² + 15/u⁴ - 105/u⁶) far
+    below, where the direct formula underflows (both precisions)."""
+    assert float(log_expected_improvement(torch.tensor(0.0, dtype=torch.float64))) == pytest.approx(
+        -0.5 * math.log(2 * math.pi), abs=1e-15)
+    for u in (-8.0, -5.0, -1.5, -1.0, -0.3, 0.7, 1.0, 3.0, 12.0):
+        got = float(log_expected_improvement(torch.tensor(u, dtype=torch.float64)))
+        assert got == pytest.approx(_log_ei_reference(u), rel=1e-12, abs=1e-12), u
+    for u in (-40.0, -300.0, -1e4):
+        series = (-0.5 * u * u - 0.5 * math.log(2 * math.pi) - 2 * math.log(-u)
+                  + math.log1p(-3 / u**2 + 15 / u**4 - 105 / u**6))
+        for dtype, rel in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+            got = float(log_expected_improvement(torch.tensor(u, dtype=dtype)))
+            assert got == pytest.approx(series, rel=rel), (u, dtype)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        log_expected_improvement(torch.tensor([1], dtype=torch.int64))
 
 
 def test_nonfinite_observations_are_ignored_and_constant_objective_is_fine() -> None:
@@ -133,7 +159,7 @@ def test_fit_errors_fall_back_to_previous_hyperparameters(monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("simulated fitting failure")
 
-    monkeypatch.setattr(bayesopt, "fit_gpytorch_mll", broken)
+    monkeypatch.setattr(gp, "fit_gpytorch_mll", broken)
     bo = BayesOpt1D(refit="every")
     before = bo.hyperparameters
     result = bo.minimize(lambda x: (x - 0.3) ** 2, budget=6)

@@ -10,9 +10,9 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 import adawise
+from adawise.core.weights import StateDictMismatchError
 from adawise.models import clip as clipmod
 from adawise.models.clip import CLIPClassifier, build_classifier, create_clip, resolve_templates, zeroshot_head
-from adawise.weights import StateDictMismatchError
 
 
 def hand_head(clip_model, tokenizer, classes, templates) -> torch.Tensor:

@@ -92,9 +92,9 @@ def test_methods_read_from_the_sweep_match_the_registered_methods(demo_run, monk
     """Static-alpha methods are replayed from the shared sweep and the output ensembles read the
     endpoints' logits from it; the registered methods, run on their own over the same stream with
     the real models, must predict the same (per batch: correct counts, alpha)."""
-    from adawise.loop import run_stream
+    from adawise.embedded.world import embedded_stream, load_embedded
+    from adawise.evaluation.loop import run_stream
     from adawise.methods.registry import make_method
-    from adawise.models.embedded import embedded_stream, load_embedded
 
     out, s, _ = demo_run
     monkeypatch.setenv("ADAWISE_CACHE", str(out.parent / "cache"))
@@ -163,7 +163,7 @@ def test_endpoints_write_their_own_files_beside_e2e(endpoints_run):
     table = (out / "endpoints.md").read_text()
     assert "| method | e2e clean | e2e shifts | r-adapter clean |" in table and "oracle *" in table
     assert "best static α" in table and "gain over the endpoint alone" in table
-    assert "Most robust endpoint alone" in printed and "AdaWiSE (anchored)" in printed
+    assert "Most robust endpoint alone" in printed and "adawise-anchored +" in printed
 
 
 def test_endpoints_json_holds_the_summaries_numbers(endpoints_run):

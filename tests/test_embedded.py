@@ -22,7 +22,7 @@ from streams.shifts import DEFAULT_DOMAINS, SHIFTS, apply_shift, get_shift
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The tiny world, trained once into a temporary cache."""
-    from adawise.models.embedded import load_embedded
+    from adawise.embedded.world import load_embedded
 
     cache = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
@@ -171,8 +171,8 @@ def test_zeroshot_head_comes_from_the_text_tower(world):
 
 @needs_data
 def test_cache_reloads_identical_weights_and_is_keyed_by_recipe(world, monkeypatch):
+    from adawise.embedded.world import EmbeddedRecipe, load_embedded
     from adawise.models.checkpoints import weights_hash
-    from adawise.models.embedded import EmbeddedRecipe, load_embedded
 
     monkeypatch.setenv("ADAWISE_CACHE", str(world.cache_dir.parent))
     files = {p.name for p in world.cache_dir.iterdir()}
@@ -189,7 +189,7 @@ def test_cache_reloads_identical_weights_and_is_keyed_by_recipe(world, monkeypat
     torch.testing.assert_close(again.finetuned(x), world.finetuned(x))
 
     other = dataclasses.replace(EmbeddedRecipe.tiny(), seed=1)
-    from adawise.models.embedded import _data_fingerprint, world_key  # noqa: F401 - key function is public
+    from adawise.embedded.world import _data_fingerprint, world_key  # noqa: F401 - key function is public
 
     assert world_key(other, doc["data_fingerprint"]) != world.key
 
@@ -198,7 +198,7 @@ def test_cache_reloads_identical_weights_and_is_keyed_by_recipe(world, monkeypat
 def test_corrupt_cache_is_rebuilt_with_a_warning(world, tmp_path):
     import shutil
 
-    from adawise.models.embedded import load_embedded
+    from adawise.embedded.world import load_embedded
 
     target = tmp_path / "copy"
     shutil.copytree(world.cache_dir, target)
@@ -211,7 +211,7 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(world, tmp_path):
 
 @needs_data
 def test_shifted_domains_are_cached_once_for_every_endpoint(world, monkeypatch):
-    from adawise.models.embedded import cache_root
+    from adawise.embedded.world import cache_root
 
     monkeypatch.setenv("ADAWISE_CACHE", str(world.cache_dir.parent))
     assert world.streams_dir == cache_root() / "streams"  # not inside one world's directory
@@ -223,7 +223,7 @@ def test_shifted_domains_are_cached_once_for_every_endpoint(world, monkeypatch):
 
 @needs_data
 def test_load_only_never_trains(world, tmp_path, monkeypatch):
-    from adawise.models.embedded import load_embedded
+    from adawise.embedded.world import load_embedded
 
     monkeypatch.setenv("ADAWISE_CACHE", str(world.cache_dir.parent))
     loaded = load_embedded("tiny", progress=False, train=False)  # cached: loads
@@ -236,7 +236,7 @@ def test_load_only_never_trains(world, tmp_path, monkeypatch):
 
 @needs_data
 def test_retrain_forces_training(world):
-    from adawise.models.embedded import load_embedded
+    from adawise.embedded.world import load_embedded
 
     again = load_embedded("tiny", cache_dir=world.cache_dir, retrain=True, progress=False)
     assert again.info["trained"] is True and again.info["pretrained_trained"] is True
@@ -248,7 +248,7 @@ def test_retrain_forces_training(world):
 
 
 def test_recipe_resolution_and_validation(tmp_path):
-    from adawise.models.embedded import EmbeddedRecipe
+    from adawise.embedded.world import EmbeddedRecipe
 
     assert EmbeddedRecipe.resolve("tiny") == EmbeddedRecipe.tiny()
     assert EmbeddedRecipe.resolve(None) == EmbeddedRecipe.full()
@@ -263,7 +263,7 @@ def test_recipe_resolution_and_validation(tmp_path):
 
 
 def test_endpoint_names_resolve_and_bad_names_list_the_valid_ones():
-    from adawise.models.embedded import ENDPOINTS, EmbeddedRecipe
+    from adawise.embedded.world import ENDPOINTS, EmbeddedRecipe
 
     assert ENDPOINTS == ("e2e", "r-adapter", "drm")
     assert EmbeddedRecipe.full().endpoint == "e2e" and EmbeddedRecipe.resolve("full").endpoint == "e2e"
@@ -282,8 +282,8 @@ def test_endpoint_names_resolve_and_bad_names_list_the_valid_ones():
 
 
 def test_pretraining_augmentation_and_captions():
-    from adawise.models.embedded import EmbeddedRecipe
-    from adawise.models.embedded_train import ALL_TEMPLATES, augment_with_captions, description_caption
+    from adawise.embedded.train import ALL_TEMPLATES, augment_with_captions, description_caption
+    from adawise.embedded.world import EmbeddedRecipe
 
     x = torch.rand(64, 1, 28, 28)
     y = torch.arange(64) % 10
@@ -306,7 +306,7 @@ def test_pretraining_augmentation_and_captions():
 
 @needs_data
 def test_stream_is_rebuilt_identically_from_its_spec(world):
-    from adawise.models.embedded import embedded_stream
+    from adawise.embedded.world import embedded_stream
 
     stream = embedded_stream(world, domains=["clean", "invert", "gaussian_noise"], per_domain=70, batch_size=32)
     assert stream.domains == ["clean", "invert", "gaussian_noise"] and len(stream) == 9
@@ -325,7 +325,7 @@ def test_stream_is_rebuilt_identically_from_its_spec(world):
 
 @needs_data
 def test_class_sorted_order_holds_the_same_images_sorted_by_label(world):
-    from adawise.models.embedded import embedded_stream
+    from adawise.embedded.world import embedded_stream
 
     kw = dict(domains=["clean", "gaussian_noise"], per_domain=100, batch_size=50)
     shuffled = list(embedded_stream(world, **kw))
@@ -354,11 +354,17 @@ def test_normalisation_is_folded_into_the_models(world):
 
 def test_cache_keys_do_not_change() -> None:
     """The keys name cached (and shipped) worlds: a change would leave every cache stale."""
-    from adawise.models.embedded import EmbeddedRecipe, pretrain_key, world_key
+    from adawise.embedded.world import EmbeddedRecipe, pretrain_key, world_key
 
     assert world_key(EmbeddedRecipe.tiny(), "0" * 16) == "a1e407e9f13d"
     assert pretrain_key(EmbeddedRecipe.tiny(), "0" * 16) == "89d785549881"
     assert world_key(EmbeddedRecipe.full(), "5b22a816b4ddd488") == "3b422065c5c4"  # the demo's world on t10k
+    assert pretrain_key(EmbeddedRecipe.full(), "5b22a816b4ddd488") == "afa42b4c7e67"  # shared by its endpoints
+    assert world_key(EmbeddedRecipe.tiny(), "5b22a816b4ddd488") == "7f84cc127a4b"  # the tiny demo's world
+    # each endpoint's key covers its own fields only (the endpoint table's prefixes)
+    assert [world_key(EmbeddedRecipe.full().with_endpoint(e), "5b22a816b4ddd488") for e in ("r-adapter", "drm")] == [
+        "97295380cfc2", "70e05ed7b5b5"]
+    assert world_key(dataclasses.replace(EmbeddedRecipe.full(), drm_beta=0.25), "5b22a816b4ddd488") == "3b422065c5c4"
 
 
 @needs_data
@@ -383,7 +389,7 @@ def _copy(world, tmp_path):
 
 @needs_data
 def test_an_edited_info_is_noticed_and_a_legacy_doc_is_read(world, tmp_path):
-    from adawise.models.embedded import load_embedded
+    from adawise.embedded.world import load_embedded
 
     target = _copy(world, tmp_path)
     doc = json.loads((target / "recipe.json").read_text())
@@ -400,7 +406,7 @@ def test_an_edited_info_is_noticed_and_a_legacy_doc_is_read(world, tmp_path):
 @needs_data
 @pytest.mark.parametrize("kind", ["file", "symlink"])
 def test_a_file_or_symlink_where_the_world_folder_belongs_is_replaced(world, tmp_path, kind):
-    from adawise.models.embedded import load_embedded
+    from adawise.embedded.world import load_embedded
 
     target = tmp_path / "world"
     elsewhere = tmp_path / "elsewhere"
@@ -419,8 +425,8 @@ def test_a_file_or_symlink_where_the_world_folder_belongs_is_replaced(world, tmp
 
 @needs_data
 def test_a_cache_root_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch):
+    from adawise.embedded.world import load_embedded
     from adawise.errors import AccessError
-    from adawise.models.embedded import load_embedded
 
     (tmp_path / "cache").write_text("a file")
     monkeypatch.setenv("ADAWISE_CACHE", str(tmp_path / "cache"))

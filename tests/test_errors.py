@@ -33,7 +33,7 @@ def test_every_error_class_is_an_adawise_error_and_its_builtin() -> None:
         assert issubclass(cls, errors.AdawiseError) and issubclass(cls, builtin), cls
         assert getattr(adawise, cls.__name__) is cls  # exported from the package
     assert str(errors.UnknownNameError("no method 'x'")) == "no method 'x'"  # not quoted like a KeyError
-    from adawise.weights import StateDictMismatchError
+    from adawise.core.weights import StateDictMismatchError
 
     assert StateDictMismatchError is errors.StateDictMismatchError
 
@@ -43,7 +43,7 @@ def test_one_line_strips_ansi_and_line_breaks() -> None:
 
 
 def test_cli_maps_adawise_errors_to_exit_2_and_one_line(tmp_path, monkeypatch, capsys) -> None:
-    import adawise.report
+    import adawise.apps.report
 
     log = tmp_path / "x.jsonl"
     log.write_text("{}\n")
@@ -51,22 +51,22 @@ def test_cli_maps_adawise_errors_to_exit_2_and_one_line(tmp_path, monkeypatch, c
     def refuse(paths):
         raise errors.LogError("first\nsecond \x1b[31mred\x1b[0m")
 
-    monkeypatch.setattr(adawise.report, "collect", refuse)
+    monkeypatch.setattr(adawise.apps.report, "collect", refuse)
     assert cli_main(["report", str(log)]) == 2
     err = capsys.readouterr().err
     assert err == "adawise report: error: first second red\n"
 
 
 def test_an_unexpected_exception_is_a_traceback_not_a_usage_error(tmp_path, monkeypatch) -> None:
-    import adawise.report
+    import adawise.apps.report
 
     log = tmp_path / "x.jsonl"
     log.write_text("{}\n")
-    monkeypatch.setattr(adawise.report, "collect", lambda paths: 1 / 0)
+    monkeypatch.setattr(adawise.apps.report, "collect", lambda paths: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # no catch-all: a bug propagates
         cli_main(["report", str(log)])
     # ... and as a process: a traceback and exit code 1, never a tidy "error:" line
-    code = ("import adawise.report as r, sys; r.collect = lambda paths: 1 / 0; from adawise.cli import main; "
+    code = ("import adawise.apps.report as r, sys; r.collect = lambda paths: 1 / 0; from adawise.cli import main; "
             f"sys.exit(main(['report', {str(log)!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})

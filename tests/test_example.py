@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -19,9 +18,8 @@ from conftest import TINY_CLIP_CFG
 from imagenet_r_fixture import make_imagenet_r_folder
 from PIL import Image
 
-from adawise import experiment
+from adawise.apps import experiment
 from adawise.cli import main as cli_main
-from adawise.methods.registry import registered_methods
 from streams.imagenet_r import (
     IMAGENET_CLASSNAMES,
     IMAGENET_R_CLASSNAMES,
@@ -155,7 +153,6 @@ def test_adawise_run_imagenet_c_from_config(world, caplog):
     assert (again.data, again.order, again.severity, again.seed) == (str(data), "reset_each_shift", 2, 3)
 
 
-@pytest.mark.skipif("adawise" not in registered_methods(), reason="AdaWiSE is not registered yet")
 def test_example_runs_adawise(world):
     example = runpy.run_path(str(EXAMPLE))
     out = world["base"] / "out-ada"
@@ -164,8 +161,6 @@ def test_example_runs_adawise(world):
     assert batches and all(r["alpha"] is not None and 0 <= r["alpha"] <= 1 for r in batches)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("adawise.methods.adawise") is None,
-                    reason="adawise.AdaWiSE is not available yet")
 def test_quickstart_runs(capsys):
     runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
     assert "alpha" in capsys.readouterr().out

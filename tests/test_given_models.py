@@ -55,7 +55,7 @@ def snapshot(model: nn.Module):
 
 def options(name, zs, ft):
     if name == "vrf":
-        from adawise.zsf import ZSFIndex
+        from adawise.methods.zsf import ZSFIndex
 
         return {"index": ZSFIndex(F.normalize(torch.randn(20, 8, generator=torch.Generator().manual_seed(0)), dim=-1),
                                   k=3)}

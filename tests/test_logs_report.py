@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import adawise
-from adawise import report
+from adawise.apps import report
 from adawise.cli import main as cli_main
-from adawise.logs import JsonlWriter, format_table, read_jsonl, read_run, to_jsonable
+from adawise.evaluation.logs import JsonlWriter, format_table, read_jsonl, read_run, to_jsonable
 from adawise.methods.base import Method
 from streams.base import ConcatStream, TensorStream
 
@@ -115,7 +115,7 @@ def test_to_jsonable() -> None:
 
 def test_format_table_percentages_and_mean_over_shifts() -> None:
     acc = {"zeroshot": {"clean": 0.9, "fog": 0.5, "snow": 0.25}, "oracle": {"clean": 1.0, "fog": 0.75}}
-    text = format_table(acc, ["clean", "fog", "snow"], id_domain="clean")
+    text = format_table(acc, ["clean", "fog", "snow"], id_domain="clean", upper_bounds=["oracle"])
     lines = text.splitlines()
     assert lines[0].split() == ["method", "clean", "fog", "snow", "mean", "shifts"]
     assert lines[2].split() == ["zeroshot", "90.0", "50.0", "25.0", "37.5"]  # mean of fog, snow only
@@ -125,6 +125,8 @@ def test_format_table_percentages_and_mean_over_shifts() -> None:
     plain = format_table({"zeroshot": acc["zeroshot"]})  # no id domain: mean over every domain
     assert plain.splitlines()[2].split() == ["zeroshot", "90.0", "50.0", "25.0", "55.0"]
     assert "upper bound" not in plain
+    # no name is a bound by default: the callers pass the methods that read labels (Method.uses_labels)
+    assert "*" not in format_table(acc, ["clean", "fog", "snow"], id_domain="clean")
 
     md = format_table(acc, ["clean", "fog", "snow"], id_domain="clean", fmt="markdown").splitlines()
     assert md[0] == "| method | clean | fog | snow | mean shifts |"

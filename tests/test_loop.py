@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import adawise
-from adawise.logs import read_jsonl, read_run
+from adawise.core.weights import interpolate
+from adawise.evaluation.logs import read_jsonl, read_run
 from adawise.methods.base import Method
-from adawise.weights import interpolate
 from streams.base import ConcatStream, TensorStream
 
 C = 4  # classes of the feature streams

@@ -355,7 +355,7 @@ def test_the_matrix_covers_every_command_with_60_cases() -> None:
 
 
 def test_option_errors_are_found_before_models_are_loaded(files, monkeypatch, capsys) -> None:
-    import adawise.experiment as experiment
+    import adawise.apps.experiment as experiment
     import streams.schedules as schedules
 
     def never(*args, **kwargs):
@@ -376,7 +376,7 @@ def test_help_examples_name_options_that_exist(capsys) -> None:
     import re
 
     import adawise.cli as cli
-    from adawise.experiment import check_method_options
+    from adawise.apps.experiment import check_method_options
 
     for name, (module_name, _) in cli.COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -457,7 +457,7 @@ def test_read_only_and_unreadable_paths(files, tmp_path) -> None:
 @pytest.mark.parametrize("command", ["run", "example", "demo", "sweep"])
 def test_a_second_run_into_a_locked_output_is_refused(files, tmp_path, monkeypatch, capsys, command) -> None:
     """Another process holds the output folder (as a run does while it writes): refused at once, exit 2."""
-    from adawise.logs import exclusive
+    from adawise.evaluation.logs import exclusive
 
     monkeypatch.setenv("ADAWISE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "busy"

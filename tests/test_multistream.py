@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
+from adawise.evaluation.multistream import MultiStreamAdaWiSE, deep_nbytes
 from adawise.methods.adawise import AdaWiSE
-from adawise.multistream import MultiStreamAdaWiSE, deep_nbytes
 
 #: cheap AdaWiSE options for tests (fast preset, a small acquisition grid)
 OPTS = dict(grid_size=41)
@@ -88,7 +88,7 @@ def test_interleaved_streams_equal_separate_runs():
 
 
 def test_reset_one_stream_and_view_for_run_stream(tiny_pair):
-    from adawise.loop import run_stream
+    from adawise.evaluation.loop import run_stream
     from streams.base import from_tensors
 
     zs, ft = tiny_pair

@@ -6,8 +6,8 @@ import pytest
 import torch
 from fashion_data import needs_data  # tests/ is on sys.path under pytest
 
-from adawise.logs import domain_counts
-from adawise.loop import run_stream
+from adawise.evaluation.logs import domain_counts
+from adawise.evaluation.loop import run_stream
 from adawise.methods.base import Method
 from streams.base import PooledStream
 from streams.orders import DEFAULT_DELTA, SampleOrder, arrange, dirichlet_order, parse_sample_order, resolve
@@ -162,7 +162,7 @@ def test_mixed_batches_are_scored_per_sample_domain(tmp_path):
     # class 0 is right for a's rows 0-2 and b's row 0: a 3 of 6, b 1 of 6
     assert result.per_domain == {"a": 0.5, "b": 1 / 6}
     assert domain_counts(result.records) == {"a": [6, 3], "b": [6, 1]}
-    from adawise.report import collect
+    from adawise.apps.report import collect
 
     assert collect([tmp_path / "m.jsonl"])["accuracy"]["method"] == {"a": 0.5, "b": 1 / 6}
 
@@ -237,7 +237,7 @@ def test_imagenet_r_dirichlet_and_mixed_name_each_file_rendition(tmp_path):
 
 
 def test_sweep_streams_take_order_and_schedule():
-    from adawise.sweep import build_stream as sweep_stream
+    from adawise.apps.sweep import build_stream as sweep_stream
 
     synth = {"source": "corruptions", "base": "synthetic", "base_size": 24, "image_size": 8, "num_classes": 4,
              "domains": ["clean", "contrast"], "batch_size": 8}
@@ -252,8 +252,8 @@ def test_sweep_streams_take_order_and_schedule():
 def test_run_and_demo_options():
     import argparse
 
-    from adawise.demo import _sample_order
-    from adawise.experiment import _make_spec
+    from adawise.apps.demo import _sample_order
+    from adawise.apps.experiment import _make_spec
 
     args = argparse.Namespace(data="/tmp", stream="imagenet-c", order="dirichlet:0.01", schedule="mixed",
                               corruptions="fog,snow", severity=3, batch_size=16, seed=0, limit_per_domain=None)

@@ -15,9 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from adawise import weights as weights_mod
-from adawise.methods.adawise import AdaWiSE, AlphaEvaluator
-from adawise.weights import WeightSpace, interpolate
+from adawise.core import weights as weights_mod
+from adawise.core.alpha_engine import AlphaEvaluator
+from adawise.core.weights import WeightSpace, interpolate
+from adawise.methods.adawise import AdaWiSE
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -306,7 +307,7 @@ def test_probe_every_auto_probes_every_batch_on_cpu_and_every_second_on_cuda(mon
     zs, ft = pair(0.7)
     xs = batches(12, b=64)
     engine = AdaWiSE(zs, ft)
-    assert engine.opts["probe_every"] == "auto" and engine.probe_every() == 1
+    assert engine.opts.probe_every == "auto" and engine.probe_every() == 1
     modes = []
     for x in xs:
         engine(x)

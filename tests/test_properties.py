@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
 
-from adawise.weights import WeightSpace, interpolate
+from adawise.core.weights import WeightSpace, interpolate
 from streams.base import StreamSpec, TensorStream, concat, from_tensors
 from streams.schedules import GRADUAL_SEVERITIES, corruption_spec, corruption_stream
 

@@ -19,10 +19,10 @@ from PIL import Image
 
 import adawise
 from adawise.cli import main as cli_main
-from adawise.logs import read_jsonl, read_run
+from adawise.core.weights import StateDictMismatchError
+from adawise.evaluation.logs import read_jsonl, read_run
 from adawise.methods.base import Method
 from adawise.models.checkpoints import UntrustedPickleError
-from adawise.weights import StateDictMismatchError
 from streams.base import ConcatStream, TensorStream
 from streams.imagenet_r import IMAGENET_R_CLASSNAMES, IMAGENET_R_WNIDS, imagenet_r_stream
 
@@ -270,7 +270,7 @@ def _small_folder(root, renditions=("art",)):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_extreme_aspect_ratio_and_pixel_count_are_skipped_from_the_header(tmp_path, monkeypatch, workers) -> None:
-    from streams import imagenet_r
+    from streams import folders
 
     root = _small_folder(tmp_path / "r")
     Image.new("RGB", (10000, 1)).save(root / IMAGENET_R_WNIDS[0] / "art_9000.png")  # 111 bytes, 1x10000
@@ -288,7 +288,7 @@ def test_extreme_aspect_ratio_and_pixel_count_are_skipped_from_the_header(tmp_pa
     assert n == 200 and list(reasons) == ["art_9000.png"] and "extreme aspect ratio 10000x1" in reasons["art_9000.png"]
     if workers == 0:
         assert (10000, 1) not in opened  # refused from the header, never decoded
-    monkeypatch.setattr(imagenet_r, "MAX_PIXELS", 40 * 48 - 1)  # now every 40x48 file is "too many pixels"
+    monkeypatch.setattr(folders, "MAX_PIXELS", 40 * 48 - 1)  # now every 40x48 file is "too many pixels"
     with pytest.raises(adawise.DataError, match="all 201 inputs of the stream were unreadable"):
         adawise.run_stream(adawise.make_method("zeroshot", *_tiny_pair(IMAGENET_R_CLASSNAMES)),
                            imagenet_r_stream(root, image_size=S, num_workers=0), progress=False)

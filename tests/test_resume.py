@@ -27,7 +27,7 @@ from imagenet_r_fixture import make_imagenet_r_folder
 
 import adawise
 from adawise.cli import main as cli_main
-from adawise.logs import read_jsonl, read_run
+from adawise.evaluation.logs import read_jsonl, read_run
 from streams.base import ConcatStream, TensorStream
 from streams.schedules import corruption_spec, corruption_stream
 
@@ -74,15 +74,15 @@ def run(name: str, log, resume: bool = False):
 CHILD = """
 import sys, time
 sys.path.insert(0, {tests!r})
-import adawise.loop
+import adawise.evaluation.loop
 import test_resume
 
-class SlowWriter(adawise.loop.JsonlWriter):  # the run is slowed down, not changed: a sleep after each line
+class SlowWriter(adawise.evaluation.loop.JsonlWriter):  # the run is slowed down, not changed: a sleep after each line
     def write(self, record):
         super().write(record)
         time.sleep(0.15)
 
-adawise.loop.JsonlWriter = SlowWriter
+adawise.evaluation.loop.JsonlWriter = SlowWriter
 test_resume.run({name!r}, {log!r})
 """
 

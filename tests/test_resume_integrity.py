@@ -26,7 +26,7 @@ from test_loop import Drift, feature_stream
 
 import adawise
 from adawise.errors import CheckpointError, ResumeError, RunLockedError
-from adawise.logs import exclusive, read_jsonl, read_run
+from adawise.evaluation.logs import exclusive, read_jsonl, read_run
 from adawise.models.checkpoints import weights_hash
 
 TESTS = Path(__file__).resolve().parent
@@ -188,16 +188,16 @@ def test_nan_weights_given_through_the_api_are_refused(tiny_pair) -> None:
 CHILD = """
 import sys, time
 sys.path.insert(0, {tests!r})
-import adawise.logs
+import adawise.evaluation.logs
 import test_resume_integrity as t
 
-class Slow(adawise.logs.JsonlWriter):
+class Slow(adawise.evaluation.logs.JsonlWriter):
     def write(self, record):
         super().write(record)
         time.sleep(0.2)
 
-import adawise.loop
-adawise.loop.JsonlWriter = Slow
+import adawise.evaluation.loop
+adawise.evaluation.loop.JsonlWriter = Slow
 t.run({log!r})
 """
 

@@ -1,4 +1,4 @@
-"""R-Adapter and DRM endpoints of the embedded world (adawise.models.r_adapter, adawise.models.drm).
+"""R-Adapter and DRM endpoints of the embedded world (adawise.embedded.r_adapter, adawise.embedded.drm).
 
 Unit tests on constructed modules (no data), then the tiny world's three endpoints in one temporary cache
 (Fashion-MNIST needed; skipped where absent).
@@ -35,8 +35,8 @@ def _clip():
 
 
 def test_merged_adapters_give_the_adapter_models_outputs():
+    from adawise.embedded.r_adapter import add_adapters, merge_adapters
     from adawise.models.clip import encode_text
-    from adawise.models.r_adapter import add_adapters, merge_adapters
 
     clip, tokenizer = _clip()
     gen = torch.Generator().manual_seed(1)
@@ -62,7 +62,7 @@ def test_merged_adapters_give_the_adapter_models_outputs():
 
 
 def test_merge_scale_zero_restores_the_pretrained_weights_and_scale_is_linear():
-    from adawise.models.r_adapter import add_adapters, merge_adapters
+    from adawise.embedded.r_adapter import add_adapters, merge_adapters
 
     clip, _ = _clip()
     reference = {k: v.clone() for k, v in clip.state_dict().items()}
@@ -86,7 +86,7 @@ def test_merge_scale_zero_restores_the_pretrained_weights_and_scale_is_linear():
 
 
 def test_adapter_dropping_only_in_training():
-    from adawise.models.r_adapter import LinearAdapter
+    from adawise.embedded.r_adapter import LinearAdapter
 
     adapter = LinearAdapter(4, drop=0.5, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -103,7 +103,7 @@ def test_adapter_dropping_only_in_training():
 
 
 def test_ema_accumulates_from_the_initial_weights():
-    from adawise.models.r_adapter import AdapterEMA, LinearAdapter
+    from adawise.embedded.r_adapter import AdapterEMA, LinearAdapter
 
     adapter = LinearAdapter(2)
     ema = AdapterEMA([adapter], momentum=0.9)
@@ -116,7 +116,7 @@ def test_ema_accumulates_from_the_initial_weights():
 
 
 def test_mpm_nce_hand_computed_and_reduces_to_infonce():
-    from adawise.models.r_adapter import mpm_nce_loss
+    from adawise.embedded.r_adapter import mpm_nce_loss
 
     # two images, two captions, different classes, orthogonal unit features
     f = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -141,7 +141,7 @@ def test_mpm_nce_hand_computed_and_reduces_to_infonce():
 
 
 def test_worst_case_risk_hand_computed_and_reads_only_the_core_head():
-    from adawise.models.drm import drm_loss, worst_case_risk
+    from adawise.embedded.drm import drm_loss, worst_case_risk
 
     core_logits = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [1/4, 3/4]
     q = torch.tensor([[0.5, 0.5]])
@@ -162,7 +162,7 @@ def test_worst_case_risk_hand_computed_and_reads_only_the_core_head():
 
 
 def test_combined_head_is_the_log_linear_mix_of_the_two_heads():
-    from adawise.models.drm import combine_heads
+    from adawise.embedded.drm import combine_heads
 
     gen = torch.Generator().manual_seed(0)
     default, core = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
@@ -176,8 +176,8 @@ def test_combined_head_is_the_log_linear_mix_of_the_two_heads():
 
 
 def test_core_descriptions_fit_the_text_context():
-    from adawise.models.embedded import EmbeddedRecipe
-    from adawise.models.embedded_train import CORE_DESCRIPTIONS, description_caption
+    from adawise.embedded.train import CORE_DESCRIPTIONS, description_caption
+    from adawise.embedded.world import EmbeddedRecipe
 
     assert list(CORE_DESCRIPTIONS) == list(fashion.CLASS_NAMES)
     _, tokenizer = _clip()
@@ -193,19 +193,20 @@ def test_core_descriptions_fit_the_text_context():
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory):
     """The tiny world's three endpoints, trained into one temporary cache; pretraining is counted."""
-    from adawise.models import embedded
+    from adawise.embedded import stages
+    from adawise.embedded import world as embedded
 
     cache = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("ADAWISE_CACHE", str(cache))
     calls = []
-    original = embedded.pretrain
+    original = stages.pretrain
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    mp.setattr(embedded, "pretrain", counting)
+    mp.setattr(stages, "pretrain", counting)
     try:
         out = {name: embedded.load_embedded(f"tiny:{name}", progress=False) for name in embedded.ENDPOINTS}
         yield out, calls
@@ -215,8 +216,8 @@ def worlds(tmp_path_factory):
 
 @needs_data
 def test_each_endpoint_loads_into_weight_space_with_the_shared_zeroshot(worlds):
+    from adawise.core.weights import WeightSpace
     from adawise.models.checkpoints import weights_hash
-    from adawise.weights import WeightSpace
 
     out, calls = worlds
     assert len(calls) == 1  # pretraining ran once, for the first endpoint; the others reused it
@@ -256,8 +257,8 @@ def test_each_endpoint_loads_into_weight_space_with_the_shared_zeroshot(worlds):
 
 @needs_data
 def test_endpoint_worlds_reload_from_the_cache(worlds, monkeypatch):
+    from adawise.embedded.world import load_embedded
     from adawise.models.checkpoints import weights_hash
-    from adawise.models.embedded import load_embedded
 
     out, _ = worlds
     world = out["r-adapter"]
@@ -269,7 +270,7 @@ def test_endpoint_worlds_reload_from_the_cache(worlds, monkeypatch):
 
 
 def test_keys_depend_only_on_the_fields_that_matter():
-    from adawise.models.embedded import EmbeddedRecipe, pretrain_key, world_key
+    from adawise.embedded.world import EmbeddedRecipe, pretrain_key, world_key
 
     fp = "data"
     tiny = EmbeddedRecipe.tiny()

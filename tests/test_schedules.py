@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adawise.loop import run_stream
+from adawise.evaluation.loop import run_stream
 from adawise.methods.base import Method
 from streams.base import StreamSpec, TensorStream
 from streams.corruptions import corrupt

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from adawise import sweep
-from adawise.logs import read_run
-from adawise.sweep import SweepConfig, SweepError, run_sweep
+from adawise.apps import sweep
+from adawise.apps.sweep import SweepConfig, SweepError, run_sweep
+from adawise.evaluation.logs import read_run
 
 TINY = {
     "kind": "random-clip",

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import adawise
+from adawise.core.objectives import entropy
 from adawise.errors import InputTypeError, ModelMismatchError, UsageError
 from adawise.methods.tda import TDA
 from adawise.methods.tent import Tent, norm_parameters
-from adawise.objectives import entropy
 from streams.base import ConcatStream, TensorStream
 
 
@@ -493,7 +493,7 @@ def _untimed(record: dict) -> dict:
 @pytest.mark.parametrize("name", ["tent", "tda"])
 def test_a_resumed_log_equals_an_uninterrupted_run(tiny_pair, tmp_path, name) -> None:
     """Resume replays the logged batches through the method, so its adapted state is rebuilt exactly."""
-    from adawise.logs import read_jsonl
+    from adawise.evaluation.logs import read_jsonl
 
     zs, ft = tiny_pair
     gen = torch.Generator().manual_seed(2)
@@ -519,7 +519,7 @@ def test_adawise_run_takes_tent_and_tda_with_their_options(tmp_path) -> None:
     from imagenet_r_fixture import make_imagenet_r_folder
 
     from adawise.cli import main as cli_main
-    from adawise.logs import read_run
+    from adawise.evaluation.logs import read_run
 
     root = make_imagenet_r_folder(tmp_path / "imagenet-r", renditions=["art", "cartoon"], per_class=1)
     arch = tmp_path / "tiny.json"

@@ -13,8 +13,9 @@ from torch import nn
 
 import adawise
 from adawise.methods.static import mix_probabilities
-from adawise.zsf import ZSFIndex, build_zsf_index, fit_temperature, kth_distance, reference_k, vrf_weight
+from adawise.methods.zsf import ZSFIndex, build_zsf_index, fit_temperature, kth_distance, reference_k, vrf_weight
 from streams.base import from_tensors
+from streams.folders import FolderStream
 
 D = C = 6
 
@@ -291,7 +292,7 @@ def test_vrf_refuses_index_of_other_models() -> None:
 
 
 def _cli_args(*argv: str) -> argparse.Namespace:
-    from adawise import vrf_cli
+    from adawise.apps import vrf_index as vrf_cli
 
     parser = argparse.ArgumentParser()
     vrf_cli.add_arguments(parser)
@@ -299,7 +300,7 @@ def _cli_args(*argv: str) -> argparse.Namespace:
 
 
 def test_cli_embedded(tmp_path, monkeypatch, capsys) -> None:
-    from adawise import vrf_cli
+    from adawise.apps import vrf_index as vrf_cli
 
     zs, ft = toy_pair()
     images, labels, _, _ = constructed_data()
@@ -312,7 +313,9 @@ def test_cli_embedded(tmp_path, monkeypatch, capsys) -> None:
         holdout_images=hold,
         holdout_labels=hold_labels,
     )
-    monkeypatch.setitem(vars(adawise), "load_embedded", lambda **kw: world)  # no lazy import
+    from adawise.embedded import world as embedded_world
+
+    monkeypatch.setattr(embedded_world, "load_embedded", lambda **kw: world)  # what vrf-index --embedded loads
     out = tmp_path / "zsf.safetensors"
     assert (
         vrf_cli.main(
@@ -325,7 +328,7 @@ def test_cli_embedded(tmp_path, monkeypatch, capsys) -> None:
 
 
 def test_cli_errors(tmp_path, capsys) -> None:
-    from adawise import vrf_cli
+    from adawise.apps import vrf_index as vrf_cli
     from adawise.errors import MissingFileError, UsageError
 
     with pytest.raises(UsageError, match="missing: --pretrained --finetuned --source-data"):
@@ -345,10 +348,10 @@ def test_cli_errors(tmp_path, capsys) -> None:
     with pytest.raises(MissingFileError, match="nope.bin"):
         vrf_cli.main(args)
     with pytest.raises(FileNotFoundError, match="image folder not found"):
-        vrf_cli.FolderStream(tmp_path / "none", 32)
+        FolderStream(tmp_path / "none", 32)
     (tmp_path / "data" / "notawnid").mkdir(parents=True)
     with pytest.raises(ValueError, match="not known class ids"):
-        vrf_cli.FolderStream(tmp_path / "data", 32, label_of={"n01440764": 0})
+        FolderStream(tmp_path / "data", 32, label_of={"n01440764": 0})
 
 
 def test_vrf_in_the_loop_logs_mean_omega(tmp_path) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from adawise.weights import StateDictMismatchError, WeightSpace, check_compatible, interpolate
+from adawise.core.weights import StateDictMismatchError, WeightSpace, check_compatible, interpolate
 
 
 class Toy(nn.Module):

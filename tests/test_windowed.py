@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import adawise
-from adawise.loop import run_stream
+from adawise.core.objectives import ProportionWindow, entropy
+from adawise.evaluation.loop import run_stream
 from adawise.methods.adawise import AdaWiSE
-from adawise.objectives import ProportionWindow, entropy
 from streams.base import ConcatStream, TensorStream
 
 C = 10

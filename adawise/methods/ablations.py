@@ -1,7 +1,7 @@
 """Ablations of AdaWiSE: what a grid, the labels, or a closed-form rule achieve instead of BO.
 
 - ``adawise-grid``: the objective's minimum over a fixed α grid on every batch (what BO approximates;
-  Döbler et al., ECCV Workshops 2024, reconstructed in METHODS.md).
+  Döbler et al., ECCV Workshops 2024, reconstructed by this project).
 - ``oracle``: for each domain the static α with the best accuracy there, read from the labels in
   ``prepare(stream)``; an UPPER BOUND (``uses_labels = True``), never a competitor.
 - ``dawin``: DaWin (Oh et al., ICLR 2025): a closed-form per-sample coefficient
@@ -24,11 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adawise.methods.adawise import AlphaEvaluator, WeightSpaceMethod
+from adawise.core.alpha_engine import AlphaEvaluator
+from adawise.core.objectives import NEEDS_ANCHOR, OBJECTIVES, entropy, finite_objective
 from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_same_classes, mix_probabilities
-from adawise.objectives import NEEDS_ANCHOR, OBJECTIVES, entropy, finite_objective
+from adawise.methods.weight_space import WeightSpaceMethod
 
 __all__ = ["GridSearch", "Oracle", "DaWin", "BatchSweep", "StreamSweep", "sweep_batch", "sweep_stream",
            "alpha_grid"]
@@ -226,6 +227,15 @@ class GridSearch(WeightSpaceMethod):
     No state carries over between batches (``reset`` is a no-op); costs ``len(grid)`` passes.
     """
 
+    family = "adaptive"
+
+    @classmethod
+    def sweep_replay(cls, sweep: Any) -> tuple[Any, float, dict[str, Any]]:
+        """The grid minimiser of the entropy per batch (what this method computes with a pass per grid α)."""
+        alphas = list(sweep.alphas)
+        choice = [alphas[i] for i in sweep.grid_choice("entropy").tolist()]
+        return (lambda t, d: choice[t]), float(len(alphas)), {"objective": "entropy", "grid": alphas}
+
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, objective: str = "entropy",
                  grid: int | Sequence[float] = 21, device: Any = None,
                  amp_dtype: torch.dtype | None = None) -> None:
@@ -278,6 +288,15 @@ class Oracle(WeightSpaceMethod):
 
     ``reset()`` keeps the prepared table (it is knowledge, not adaptation state).
     """
+
+    family = "bound"
+
+    @classmethod
+    def sweep_replay(cls, sweep: Any) -> tuple[Any, float, dict[str, Any]]:
+        """The best α per domain of the sweep (what this method finds from the labels)."""
+        table = sweep.oracle_alphas()
+        return (lambda t, d: table[d]), 1.0, {"grid": list(sweep.alphas), "alphas_per_domain": table,
+                                              "upper_bound": True}
 
     uses_labels = True
     upper_bound = True
@@ -345,6 +364,9 @@ class DaWin(Method):
     logits; returns log((1 − λ)·p_zs + λ·p_ft). Two passes per batch (the given models, read only);
     no state. ``info`` holds the batch mean of λ. A row whose entropies are not finite gets λ = 0.5.
     """
+
+    output_ensemble = True
+    family = "ensemble"
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
 """The one interface every method implements, adaptive or not.
 
-Online protocol (the loop in :mod:`adawise.loop` is the only place that drives it):
+Online protocol (the loop in :mod:`adawise.evaluation.loop` is the only place that drives it):
 
 1. ``prepare(stream)`` once before a run (no-op except label-using upper bounds such as ``oracle``);
 2. for each batch: ``on_domain(domain)`` when the domain changes, ``logits = method(images)``
@@ -18,30 +18,14 @@ none) and ``info`` the per-batch record that goes into the log.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from adawise.core.alpha_engine import evaluating
+
 __all__ = ["Method", "EndpointPair", "evaluating"]
-
-
-@contextlib.contextmanager
-def evaluating(*models: nn.Module) -> Iterator[None]:
-    """Run ``models`` in eval mode inside the block, then give every submodule back its own mode.
-
-    Only the ``training`` flags of submodules that were training are switched (and switched back), so a
-    model a user left in train mode is in train mode again afterwards, and batch norm inside the block
-    uses its running statistics without updating them (its buffers are unchanged)."""
-    switched = [m for model in models for m in model.modules() if m.training]
-    for m in switched:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in switched:
-            m.training = True
 
 
 class Method(nn.Module):
@@ -53,6 +37,28 @@ class Method(nn.Module):
     adapts: bool = False
     #: whether the method reads labels (upper bounds only); marked in every table
     uses_labels: bool = False
+    #: the α of θ(α) = (1 - α)·θ_zs + α·θ_ft it always predicts with (``None``: none, or not fixed); an
+    #: application with the logits of θ(α) at hand (the demo's α sweep) replays it instead of running it
+    static_alpha: ClassVar[float | None] = None
+    #: a function of the two endpoints' outputs only (the demo feeds it the endpoints' logits from its sweep)
+    output_ensemble: ClassVar[bool] = False
+    #: options an application passes when it has them (``preset`` and ``seed``: AdaWiSE's search; ``index``: the
+    #: Zero-Shot-Failure index an application builds or takes from the command line)
+    app_options: ClassVar[frozenset[str]] = frozenset()
+    #: options the method cannot run without -> how to get one (an application skips the method with that text)
+    required_options: ClassVar[dict[str, str]] = {}
+    #: the family it is drawn in (one colour per family in the plots): static, adaptive, ensemble, tta, bound
+    family: ClassVar[str] = "other"
+
+    @classmethod
+    def sweep_replay(cls, sweep: Any) -> tuple[Callable[[int, str | None], float], float, dict[str, Any]] | None:
+        """How to replay this method from an α sweep of the stream (:class:`~adawise.methods.ablations.StreamSweep`):
+        (batch index, domain -> α, forward passes per batch it costs on its own, its options), or ``None``
+        when it must run. Static-α methods replay at :attr:`static_alpha` when the sweep has it."""
+        a = cls.static_alpha
+        if a is None or a not in list(sweep.alphas):
+            return None
+        return (lambda t, d: a), 1.0, {"alpha": a}
 
     def forward(self, images: Any) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

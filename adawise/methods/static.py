@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from adawise.core.weights import check_compatible, check_dtypes, interpolate
 from adawise.errors import ModelMismatchError, UsageError
 from adawise.methods.base import EndpointPair, Method, evaluating
 from adawise.methods.registry import register
-from adawise.weights import check_compatible, check_dtypes, interpolate
 
 __all__ = ["ZeroShot", "FineTuned", "WiSEFT", "OutputEnsemble", "mix_probabilities", "check_same_classes",
            "check_alpha", "merged_copy"]
@@ -41,9 +41,12 @@ class _Single(Method):
             return self.model(images)
 
 
-@register("zeroshot")
+@register("zeroshot", default_run=True)
 class ZeroShot(_Single):
     """The zero-shot model alone (α = 0)."""
+
+    static_alpha = 0.0
+    family = "static"
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module | None = None) -> None:
         super().__init__(zeroshot)
@@ -54,9 +57,12 @@ class ZeroShot(_Single):
         return 0.0
 
 
-@register("finetuned")
+@register("finetuned", default_run=True)
 class FineTuned(_Single):
     """The fine-tuned model alone (α = 1); the plain-inference reference of the benchmarks."""
+
+    static_alpha = 1.0
+    family = "static"
 
     def __init__(self, finetuned: nn.Module, zeroshot: nn.Module | None = None) -> None:
         super().__init__(finetuned)
@@ -99,11 +105,14 @@ def merged_copy(zeroshot: nn.Module, finetuned: nn.Module, alpha: Any, method: s
     return merged.eval()
 
 
-@register("wiseft")
+@register("wiseft", default_run=True)
 class WiSEFT(_Single):
     """Weight-space ensemble at a fixed α: one merged copy, built once."""
 
-    def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, alpha: float = 0.5) -> None:
+    static_alpha = 0.5  # its default α
+    family = "static"
+
+    def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, alpha: float = static_alpha) -> None:
         merged = merged_copy(zeroshot, finetuned, alpha, "wiseft")
         super().__init__(merged, own=True)
         self._keep(zeroshot=zeroshot, finetuned=finetuned)
@@ -138,9 +147,12 @@ def mix_probabilities(logits_zs: Tensor, logits_ft: Tensor, w: Tensor | float) -
     return p.clamp_min(1e-30).log()
 
 
-@register("ose")
+@register("ose", default_run=True)
 class OutputEnsemble(EndpointPair, Method):
     """Output-space ensemble: p = w·softmax(z_ft) + (1 − w)·softmax(z_zs); returns log p."""
+
+    output_ensemble = True
+    family = "ensemble"
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, w: float = 0.5) -> None:
         super().__init__()

@@ -61,12 +61,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adawise.core.objectives import entropy
 from adawise.errors import DataError, UsageError
 from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_alpha, merged_copy
-from adawise.objectives import entropy
-from adawise.zsf import check_encodes
+from adawise.methods.zsf import check_encodes
 
 __all__ = ["TDA", "FeatureCache", "head_scale", "UPDATES"]
 
@@ -207,6 +207,7 @@ class TDA(Method):
     """
 
     adapts = True
+    family = "tta"
 
     def __init__(self, zeroshot: nn.Module | None = None, finetuned: nn.Module | None = None,
                  alpha: float | None = None, pos_capacity: int = 3, pos_alpha: float = 2.0, pos_beta: float = 5.0,

@@ -51,11 +51,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from adawise.core.objectives import entropy
 from adawise.errors import ModelMismatchError, UsageError
 from adawise.methods.base import Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_alpha, merged_copy
-from adawise.objectives import entropy
 
 __all__ = ["Tent", "norm_parameters", "NORM_LAYERS"]
 
@@ -122,6 +122,7 @@ class Tent(Method):
     """
 
     adapts = True
+    family = "tta"
 
     def __init__(self, zeroshot: nn.Module | None = None, finetuned: nn.Module | None = None,
                  alpha: float | None = None, lr: float = 2.5e-4, lr_batch: int | None = 64,

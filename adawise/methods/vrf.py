@@ -2,7 +2,7 @@
 
 Zhu et al., NeurIPS 2024, "Enhancing Robust Fine-Tuning of Vision-Language Models via Variance
 Reduction" (reference code: BeierZhu/VRF). For each test sample x, with d(x) the distance from its
-normalised fine-tuned feature to the k-th nearest neighbour in the ZSF set (:mod:`adawise.zsf`):
+normalised fine-tuned feature to the k-th nearest neighbour in the ZSF set (:mod:`adawise.methods.zsf`):
 
     ω(x) = sigmoid(−(d(x) − a) / b)
     p(x) = ω(x)·softmax(z_ft / T_ft) + (1 − ω(x))·softmax(z_zs / T_zs)
@@ -25,7 +25,7 @@ from adawise.errors import ModelMismatchError, UsageError
 from adawise.methods.base import EndpointPair, Method, evaluating
 from adawise.methods.registry import register
 from adawise.methods.static import check_same_classes, mix_probabilities
-from adawise.zsf import ZSFIndex, check_encodes, vrf_weight
+from adawise.methods.zsf import ZSFIndex, check_encodes, vrf_weight
 
 __all__ = ["VRF", "check_index_models"]
 
@@ -49,17 +49,24 @@ def check_index_models(index: ZSFIndex, zeroshot: nn.Module, finetuned: nn.Modul
         )
 
 
-@register("vrf")
+@register("vrf", default_run=True)
 class VRF(EndpointPair, Method):
     """Variance-reduction fine-tuning's sample-wise output ensemble; returns log-probabilities.
 
     Args:
         zeroshot, finetuned: classifiers with ``encode(images)`` and ``classify(features)``.
-        index: a :class:`~adawise.zsf.ZSFIndex` or the path of a saved one.
+        index: a :class:`~adawise.methods.zsf.ZSFIndex` or the path of a saved one.
         a, b: override the index's ω = sigmoid(−(d − a)/b) parameters.
         T_zs, T_ft: override the index's fitted temperatures.
         check_hash: refuse an index built for other model weights (default True).
     """
+
+    output_ensemble = False
+    app_options = frozenset({"index"})
+    required_options = {"index": "it needs a Zero-Shot-Failure index built from the fine-tuning data; build one with "
+                                 "`adawise vrf-index --arch ... --pretrained ... --finetuned ... --source-data DIR "
+                                 "--out zsf.safetensors` and pass --vrf-index zsf.safetensors"}
+    family = "ensemble"
 
     def __init__(self, zeroshot: nn.Module, finetuned: nn.Module, index: ZSFIndex | str | os.PathLike | None = None,
                  a: float | None = None, b: float | None = None, T_zs: float | None = None,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adawise.core.weights import check_compatible
 from adawise.errors import CheckpointError, MissingFileError, StateDictMismatchError, UsageError
 from adawise.models.checkpoints import (
     check_weights,
@@ -34,7 +35,6 @@ from adawise.models.checkpoints import (
     save_state_dict,
     weights_hash,
 )
-from adawise.weights import check_compatible
 
 __all__ = [
     "CLIPClassifier",

@@ -1,7 +1,7 @@
 """``adawise demo``: every method on the embedded world's continual stream, with a table and plots.
 
 Builds (first run, about 9 minutes on 2 CPU cores) or loads the embedded world
-(:mod:`adawise.models.embedded`), streams the clean test domain followed by a continual sequence of
+(:mod:`adawise.embedded.world`), streams the clean test domain followed by a continual sequence of
 shifts (:mod:`streams.shifts`), sweeps the stream once over an α grid, runs each method through
 :func:`adawise.run_stream` and writes to ``--out``: ``<method>.jsonl`` logs, ``summary.json``,
 ``table.md`` and PNG plots (accuracy per domain, α over the stream, objectives and accuracy vs α).
@@ -16,10 +16,10 @@ logits of each batch from it as well. All of these are the logits the registered
 their own (same θ(α), same forward), which a test checks; the other methods run their own passes.
 
 ``--recipes e2e,r-adapter,drm`` runs all of the above once per fine-tuned endpoint (the ``--recipe`` with
-that endpoint, :data:`adawise.models.embedded.ENDPOINTS`; the zero-shot model is the same), on the same
+that endpoint, :data:`adawise.embedded.world.ENDPOINTS`; the zero-shot model is the same), on the same
 stream: e2e writes into ``--out`` exactly what a run without the option writes, every other endpoint writes
 ``summary-<endpoint>.json`` into ``--out`` and its logs, table and plots into ``--out/<endpoint>/``. With
-several endpoints :mod:`adawise.demo_endpoints` then compares them (``endpoints.md``, ``endpoints.json``,
+several endpoints :mod:`adawise.apps.demo_endpoints` then compares them (``endpoints.md``, ``endpoints.json``,
 ``endpoints.png``).
 
 Every option is checked before the world is built or loaded (:func:`check_args`: a first run trains for
@@ -41,15 +41,15 @@ from torch import Tensor, nn
 
 from adawise import options as check
 from adawise.errors import MissingFileError, UsageError
+from adawise.evaluation.loop import SETTINGS
 from adawise.methods.base import Method
-from adawise.methods.registry import make_method, registered_methods
+from adawise.methods.registry import make_method, method_class, registered_methods
 
 __all__ = ["add_arguments", "main", "run_demo", "check_args"]
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("entropy", "infomax", "anchored")
-ADAWISE_METHODS = ("adawise", "adawise-infomax", "adawise-anchored", "adawise-windowed")
 DEFAULT_ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="α grid of the shared sweep: comma-separated values or a number of equally spaced "
                              "points (default %(default)s; 11 gives step 0.1 and costs 4 more passes per batch)")
     parser.add_argument("--preset", default="fast", help="AdaWiSE preset: fast (default) or faithful (slow)")
-    parser.add_argument("--setting", default="continual", choices=("continual", "reset_each_shift"),
+    parser.add_argument("--setting", default="continual", choices=SETTINGS,
                         help="continual (never reset, the default) or reset_each_shift")
     parser.add_argument("--recipe", default="full", help="world recipe: full (default), tiny, or a JSON file")
     parser.add_argument("--recipes", default=None,
@@ -183,44 +183,33 @@ class _Replay(Method):
 
 
 def _replay(name: str, sweep: Any, record: _Recorder) -> _Replay | None:
-    """The replayed version of ``name``, or ``None`` if it must run on its own."""
-    alphas = list(sweep.alphas)
-    fixed = {"zeroshot": 0.0, "finetuned": 1.0, "wiseft": 0.5}
-    if name in fixed and fixed[name] in alphas:
-        a = fixed[name]
-        method = _Replay(record, lambda t, d: a, 1.0, {"alpha": a})
-    elif name == "oracle":
-        table = sweep.oracle_alphas()
-        method = _Replay(record, lambda t, d: table[d], 1.0, {"grid": alphas, "alphas_per_domain": table,
-                                                              "upper_bound": True}, uses_labels=True)
-    elif name == "adawise-grid":
-        choice = [alphas[i] for i in sweep.grid_choice("entropy").tolist()]
-        method = _Replay(record, lambda t, d: choice[t], float(len(alphas)), {"objective": "entropy", "grid": alphas})
-    else:
+    """The replayed version of ``name`` (its class's :meth:`~adawise.methods.base.Method.sweep_replay`), or
+    ``None`` if it must run on its own."""
+    cls = method_class(name)
+    plan = cls.sweep_replay(sweep)
+    if plan is None:
         return None
+    choose, passes, options = plan
+    method = _Replay(record, choose, passes, options, uses_labels=cls.uses_labels)
     method.name = name
     return method
 
 
-#: methods that are functions of the two endpoints' outputs only: they read them from the sweep
-_OUTPUT_ENSEMBLES = ("ose", "dawin")
-
-
 def _build(name: str, world: Any, args: argparse.Namespace, record: _Recorder) -> Method:
-    zs, ft = world.zeroshot, world.finetuned
-    if name in _OUTPUT_ENSEMBLES:
-        return make_method(name, zeroshot=_Endpoint(record, 0.0), finetuned=_Endpoint(record, 1.0))
-    if name in ADAWISE_METHODS:
-        return make_method(name, zeroshot=zs, finetuned=ft, preset=args.preset, seed=args.seed)
-    if name == "vrf":
-        return make_method(name, zeroshot=zs, finetuned=ft, index=_zsf_index(world, args))
-    return make_method(name, zeroshot=zs, finetuned=ft)
+    """``name`` around the world's models: output ensembles get the endpoints' logits from the sweep; the
+    options the method declares (``app_options``) come from the command line or the world."""
+    cls = method_class(name)
+    supply = {"preset": lambda: args.preset, "seed": lambda: args.seed, "index": lambda: _zsf_index(world, args)}
+    options = {k: supply[k]() for k in sorted(cls.app_options) if k in supply}
+    if cls.output_ensemble:
+        return make_method(name, zeroshot=_Endpoint(record, 0.0), finetuned=_Endpoint(record, 1.0), **options)
+    return make_method(name, zeroshot=world.zeroshot, finetuned=world.finetuned, **options)
 
 
 def _zsf_index(world: Any, args: argparse.Namespace) -> Any:
     """VRF's Zero-Shot-Failure index over the world's fine-tuning data, cached beside the weights."""
     from adawise.methods.vrf import check_index_models
-    from adawise.zsf import ZSFIndex, build_zsf_index
+    from adawise.methods.zsf import ZSFIndex, build_zsf_index
     from streams.base import from_tensors
 
     path = Path(world.cache_dir) / "zsf.safetensors"
@@ -267,8 +256,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     check.integer(args.seed, "--seed", minimum=0, maximum=2**63 - 1)
     check.integer(args.threads, "--threads", minimum=0)
     known = registered_methods()
-    names = [n.strip() for n in args.methods.split(",") if n.strip()] if args.methods else [
-        m for m in known if "faithful" not in m]
+    names = [n.strip() for n in args.methods.split(",") if n.strip()] if args.methods else list(known)
     unknown = sorted(set(names) - set(known))
     if unknown or not names:
         raise UsageError(f"--methods: unknown methods {unknown or [args.methods]}; registered: {', '.join(known)}")
@@ -286,7 +274,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--domains is empty; pass comma-separated shift names such as clean,gaussian_noise")
     recipes = _endpoints(args, domains)
     if recipes is None:
-        from adawise.models.embedded import EmbeddedRecipe
+        from adawise.embedded.world import EmbeddedRecipe
 
         _resolve_recipe(EmbeddedRecipe, args.recipe)
     if args.data is not None:
@@ -317,7 +305,7 @@ def _resolve_recipe(cls: Any, recipe: Any) -> Any:
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Everything ``adawise demo`` does; returns the summary that is written to ``summary.json`` (with
     several ``--recipes``: the combined numbers written to ``endpoints.json``)."""
-    from adawise.logs import exclusive
+    from adawise.evaluation.logs import exclusive
 
     checked = check_args(args)
     threads = torch.get_num_threads()
@@ -333,7 +321,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 def _endpoints(args: argparse.Namespace, domains: list[str] | None) -> dict[str, Any] | None:
     """``--recipes`` as endpoint name -> recipe (the ``--recipe`` with that endpoint), checked before any work;
     ``None`` without ``--recipes``: the ``--recipe``'s own world, written into ``--out`` as always."""
-    from adawise.models.embedded import ENDPOINTS, EmbeddedRecipe
+    from adawise.embedded.world import ENDPOINTS, EmbeddedRecipe
 
     if getattr(args, "recipes", None) is None:
         return None
@@ -365,7 +353,7 @@ def _run(args: argparse.Namespace, checked: dict[str, Any]) -> dict[str, Any]:
                                          retrain=retrain)
     if len(summaries) == 1:
         return next(iter(summaries.values()))
-    from adawise.demo_endpoints import write_endpoints_report
+    from adawise.apps.demo_endpoints import write_endpoints_report
 
     return write_endpoints_report(out, summaries, files, say=_say)
 
@@ -376,11 +364,11 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
     """The demo on one world: logs, table and plots into ``out``, the summary into ``summary_path``."""
     from tqdm.auto import tqdm
 
-    from adawise.demo_plots import write_report
-    from adawise.loop import run_stream
+    from adawise.apps.demo_plots import write_report
+    from adawise.core.alpha_engine import AlphaEvaluator
+    from adawise.embedded.world import embedded_stream, load_embedded
+    from adawise.evaluation.loop import run_stream
     from adawise.methods.ablations import sweep_stream
-    from adawise.methods.adawise import AlphaEvaluator
-    from adawise.models.embedded import embedded_stream, load_embedded
 
     progress = not args.no_progress
     out.mkdir(parents=True, exist_ok=True)
@@ -404,7 +392,8 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
 
     t = time.perf_counter()
     record = _Recorder(AlphaEvaluator(world.zeroshot, world.finetuned))
-    bar = tqdm(stream, total=len(stream), desc=f"α sweep ({len(alphas)} αs)", disable=not progress, leave=False)
+    bar = tqdm(stream, total=len(stream), desc=f"α sweep ({len(alphas)} αs)", leave=False,
+               disable=None if progress else True)  # None: off when the output is not a terminal
     sweep = sweep_stream(record, bar, alphas, list(OBJECTIVES))
     seconds["sweep"] = time.perf_counter() - t
     _say(f"α sweep over {len(sweep.alphas)} αs: {seconds['sweep']:.1f} s")
@@ -420,7 +409,7 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
                                    config=config, progress=progress)
         seconds[name] = time.perf_counter() - t
         how = (" (replayed from the sweep)" if isinstance(method, _Replay)
-               else " (endpoint logits from the sweep)" if name in _OUTPUT_ENSEMBLES else "")
+               else " (endpoint logits from the sweep)" if method_class(name).output_ensemble else "")
         _say(f"  {name:18s} {100 * results[name].accuracy:5.1f} %  {seconds[name]:6.1f} s{how}")
     seconds["total"] = time.perf_counter() - started
     return write_report(out, world, stream, sweep, results, seconds, args, say=_say, summary_path=summary_path)

@@ -260,7 +260,7 @@ def _mean(values: Iterable[float]) -> float:
 
 
 def format_table(accuracy: Mapping[str, Mapping[str, float]], domains: Sequence[str] | None = None,
-                 id_domain: str | None = None, upper_bounds: Iterable[str] = ("oracle",),
+                 id_domain: str | None = None, upper_bounds: Iterable[str] = (),
                  fmt: str = "text") -> str:
     """A method x domain accuracy table in percent, with the mean over shift domains.
 
@@ -322,22 +322,48 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     return path
 
 
+#: colour map per method family (``Method.family``): one hue per family, one shade per member
+FAMILY_COLOURS = {"static": "Blues", "adaptive": "Oranges", "ensemble": "Greens", "tta": "Purples",
+                  "bound": "Greys", "other": "YlOrBr"}
+
+
+def series_colours(methods: Sequence[str], families: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A distinct colour per method: shades of its family's hue (:data:`FAMILY_COLOURS`; methods without a
+    family count as ``static`` rows of the α sweep), or 20 distinct colours (``tab20``) without families."""
+    plt = _pyplot()
+    if families is None:
+        cmap = plt.get_cmap("tab20")
+        return {m: cmap(i % 20) for i, m in enumerate(methods)}
+    groups: dict[str, list[str]] = {}
+    for m in methods:
+        groups.setdefault(families.get(m, "static"), []).append(m)
+    out = {}
+    for family, members in groups.items():
+        cmap = plt.get_cmap(FAMILY_COLOURS.get(family, "YlOrBr"))
+        for k, m in enumerate(members):
+            out[m] = cmap(0.45 + 0.5 * (k / max(len(members) - 1, 1)) if len(members) > 1 else 0.7)
+    return out
+
+
 def plot_accuracy(accuracy: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
-                  domains: Sequence[str] | None = None, upper_bounds: Iterable[str] = ("oracle",),
-                  title: str = "Accuracy per domain") -> Path:
-    """Grouped bar chart: accuracy (%) per domain for each method; upper bounds hatched."""
+                  domains: Sequence[str] | None = None, upper_bounds: Iterable[str] = (),
+                  title: str = "Accuracy per domain", families: Mapping[str, str] | None = None) -> Path:
+    """Grouped bar chart: accuracy (%) per domain for each method, each in its own colour (shades of its
+    family's hue with ``families``, :func:`series_colours`); upper bounds hatched."""
     plt = _pyplot()
     if domains is None:
         domains = list(dict.fromkeys(d for row in accuracy.values() for d in row))
     methods = list(accuracy)
     bounds = set(upper_bounds)
+    colours = series_colours(methods, families)
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(domains) + 2), 4.5))
     for i, method in enumerate(methods):
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(domains))]
         ys = [100 * (accuracy[method].get(d) or 0.0) for d in domains]
         label = method + (" (upper bound)" if method in bounds else "")
-        ax.bar(xs, ys, width, label=label, hatch="//" if method in bounds else None)
+        ax.bar(xs, ys, width, label=label, color=colours[method], edgecolor="black", linewidth=0.3,
+               hatch="//" if method in bounds else None)
     ax.set_xticks(range(len(domains)), domains, rotation=35, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
@@ -348,21 +374,27 @@ def plot_accuracy(accuracy: Mapping[str, Mapping[str, float]], path: str | os.Pa
 def plot_alpha(series: Mapping[str, Sequence[float | None]], domains_per_batch: Sequence[str],
                path: str | os.PathLike, oracle_alpha: Mapping[str, float] | None = None,
                title: str = "alpha over the stream") -> Path:
-    """α per batch for each method, domain boundaries as vertical lines, oracle α as steps."""
+    """α per batch for each method (a step per batch: α holds for the whole batch), domain boundaries as
+    vertical lines, the oracle's α per domain as one dashed step line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 4))
+    colours = series_colours(list(series))
     for method, alphas in series.items():
         xs = [i for i, a in enumerate(alphas) if a is not None]
-        ax.plot(xs, [alphas[i] for i in xs], lw=1, label=method)
+        ax.step(xs, [alphas[i] for i in xs], where="post", lw=1, label=method, color=colours[method])
     starts = [i for i, d in enumerate(domains_per_batch) if i == 0 or d != domains_per_batch[i - 1]]
+    steps_x: list[float] = []
+    steps_y: list[float] = []
     for k, start in enumerate(starts):
         end = starts[k + 1] if k + 1 < len(starts) else len(domains_per_batch)
         domain = domains_per_batch[start]
         ax.axvline(start, color="grey", lw=0.5)
         ax.text(start + 0.5, 1.02, domain, fontsize=6, rotation=30, transform=ax.get_xaxis_transform())
         if oracle_alpha and domain in oracle_alpha:
-            ax.hlines(oracle_alpha[domain], start, end, colors="black", linestyles="--", lw=1.5,
-                      label="oracle α (upper bound)" if k == 0 else None)
+            steps_x += [start, end]
+            steps_y += [oracle_alpha[domain]] * 2
+    if steps_x:  # vertical jumps at the domain boundaries, never a ramp between two domains' αs
+        ax.step(steps_x, steps_y, where="post", color="black", linestyle="--", lw=1.5, label="oracle α (upper bound)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("batch")
     ax.set_ylabel("α")

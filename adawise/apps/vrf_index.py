@@ -15,17 +15,15 @@ The index is written as safetensors (``--out``); pass it to ``make_method("vrf",
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from adawise import options
 from adawise.errors import AccessError, DataError, MissingFileError, UsageError
+from streams.folders import FolderStream
 
 __all__ = ["add_arguments", "main", "FolderStream"]
 
@@ -34,7 +32,6 @@ EPILOG = """examples:
   adawise vrf-index --arch ViT-B-16 --pretrained clip.bin --finetuned ft.safetensors \\
       --source-data ~/data/imagenet/train --out zsf.safetensors"""
 
-_IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _FILE_FLAGS = ("arch", "pretrained", "finetuned", "source_data")
 
 
@@ -70,83 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-class _ImageFiles(Dataset):
-    """(path, label) pairs decoded with CLIP's eval transform, without normalisation; a file that cannot be
-    decoded comes back as a failed :class:`~streams.imagenet_r.Sample` (skipped by the collate function)."""
-
-    def __init__(self, samples: list[tuple[str, int]], image_size: int) -> None:
-        self.samples, self.image_size = samples, image_size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> Any:
-        from streams.imagenet_r import Sample, decode_image
-
-        path, label = self.samples[i]
-        try:
-            return Sample(i, path, decode_image(path, self.image_size), label, None)
-        except Exception as err:  # noqa: BLE001 - any decode failure skips the file, never the index build
-            return Sample(i, path, None, label, f"{type(err).__name__}: {err}")
-
-
-class FolderStream:
-    """Labelled batches of an image folder ``root/<class>/<image>`` (CLIP eval crop, [0, 1] floats).
-
-    Labels are the index of the folder name in ``label_of`` (e.g. ImageNet wnid -> class index), or
-    the sorted-folder index when ``label_of`` is None. Files that cannot be decoded, and folder entries
-    that cannot be listed, are skipped and listed in ``skipped`` (path, reason).
-    """
-
-    def __init__(self, root: str | os.PathLike, image_size: int, batch_size: int = 128, workers: int = 4,
-                 label_of: dict[str, int] | None = None) -> None:
-        from streams.imagenet_r import list_folders, list_images
-
-        root = Path(root)
-        if not root.is_dir():
-            raise MissingFileError(f"image folder not found: {root} (resolved: {root.resolve()}); pass a folder "
-                                   "with one sub-folder per class, e.g. ImageNet's train/<wnid>/*.JPEG")
-        try:
-            classes, self.scan_skipped = list_folders(root)
-        except PermissionError:
-            raise AccessError(f"cannot list the image folder {root}: permission denied") from None
-        if not classes:
-            raise DataError(f"{root}: no class sub-folders found; expected {root}/<class>/<image>")
-        if label_of is not None:
-            unknown = [c for c in classes if c not in label_of]
-            if unknown:
-                raise DataError(f"{root}: folders {unknown[:5]} are not known class ids (e.g. ImageNet wnids "
-                                "such as n01440764); pass --class-names FILE for other datasets")
-        self.samples = []
-        for i, c in enumerate(classes):
-            files, problems = list_images(root / c)
-            self.scan_skipped += problems
-            self.samples += [(str(root / c / name), label_of[c] if label_of is not None else i) for name, _ in files]
-        if not self.samples:
-            raise DataError(f"{root}: no images ({', '.join(_IMG_EXT)}) in its class folders")
-        self.root, self.classes = root, classes
-        self.image_size, self.batch_size, self.workers = int(image_size), int(batch_size), int(workers)
-        self.skipped: list[tuple[str, str]] = list(self.scan_skipped)
-
-    def __len__(self) -> int:
-        return -(-len(self.samples) // self.batch_size)
-
-    def __iter__(self) -> Iterator[Any]:
-        from streams.base import Batch
-        from streams.imagenet_r import collate_drop_failed
-
-        self.skipped = list(self.scan_skipped)
-        loader = DataLoader(_ImageFiles(self.samples, self.image_size), batch_size=self.batch_size,
-                            num_workers=self.workers, collate_fn=collate_drop_failed)
-        index = 0
-        for out in loader:
-            self.skipped += out["skipped"]
-            if out["images"] is None:
-                continue
-            yield Batch(out["images"], out["labels"], "source", index)
-            index += 1
-
-
 def _class_names(spec: str) -> tuple[list[str], dict[str, int] | None]:
     if spec == "imagenet":
         from streams.imagenet_r import IMAGENET_CLASSNAMES, IMAGENET_WNIDS
@@ -166,10 +86,10 @@ def _class_names(spec: str) -> tuple[list[str], dict[str, int] | None]:
 
 
 def _embedded(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
-    import adawise
+    from adawise.embedded.world import load_embedded
     from streams.base import from_tensors
 
-    world = adawise.load_embedded(progress=not args.no_progress)
+    world = load_embedded(progress=not args.no_progress)
     source = from_tensors(world.source_images, world.source_labels, "source", args.batch_size)
     holdout = from_tensors(world.holdout_images, world.holdout_labels, "holdout", args.batch_size)
     return world.zeroshot, world.finetuned, source, holdout
@@ -185,7 +105,7 @@ def _check(args: argparse.Namespace) -> str:
         if missing:
             raise UsageError("pass --embedded, or all of --arch --pretrained --finetuned --source-data "
                              f"(missing: {' '.join(missing)})")
-        from adawise.experiment import parse_arch
+        from adawise.models.pairs import parse_arch
 
         parse_arch(args.arch)
         from adawise.models.checkpoints import probe_checkpoint
@@ -216,17 +136,22 @@ def _check(args: argparse.Namespace) -> str:
 
 
 def _from_files(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any, Any]:
-    import adawise
-    from adawise.experiment import parse_arch
+    from adawise.models.pairs import clip_pair
 
     names, label_of = _class_names(args.class_names)
-    zs, ft = adawise.load_pair(parse_arch(args.arch), names, pretrained=args.pretrained, finetuned=args.finetuned,
-                               templates=args.templates, device=device, trust_pickle=args.trust_pickle,
-                               head_cache_dir=args.head_cache_dir)
+    zs, ft = clip_pair(args.arch, args.pretrained, args.finetuned, class_names=names, templates=args.templates,
+                       device=device, trust_pickle=args.trust_pickle, head_cache_dir=args.head_cache_dir)
     size = int(getattr(zs, "image_size", 224))
 
     def folder(root: str) -> FolderStream:
-        stream = FolderStream(root, size, args.batch_size, args.workers, label_of)
+        try:
+            stream = FolderStream(root, size, args.batch_size, args.workers, label_of)
+        except FileNotFoundError as err:
+            raise MissingFileError(str(err)) from None
+        except PermissionError as err:
+            raise AccessError(str(err)) from None
+        except ValueError as err:
+            raise DataError(str(err)) from None
         if label_of is None and len(stream.classes) != len(names):
             raise DataError(f"{root}: {len(stream.classes)} class folders but {len(names)} class names in "
                             f"{args.class_names}")
@@ -237,7 +162,7 @@ def _from_files(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any, A
 
 def main(args: argparse.Namespace) -> int:
     """Run ``adawise vrf-index``; every misuse is an :class:`~adawise.errors.AdawiseError` (exit code 2)."""
-    from adawise.zsf import build_zsf_index
+    from adawise.methods.zsf import build_zsf_index
 
     device = _check(args)
     if args.embedded:
@@ -260,15 +185,3 @@ def main(args: argparse.Namespace) -> int:
           f"{'squared L2' if index.squared else 'L2'}, T_zs={index.T_zs:.4f}, T_ft={index.T_ft:.4f} "
           f"({m['n_holdout']} held-out samples) -> {args.out}")
     return 0
-
-
-def _standalone(argv: Sequence[str] | None = None) -> int:
-    from adawise.cli import ArgumentParser, guarded
-
-    parser = ArgumentParser(prog="adawise vrf-index", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return guarded("adawise vrf-index", main, parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(_standalone())

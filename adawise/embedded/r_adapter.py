@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adawise.embedded.train import train_epochs
 from adawise.models.clip import CLIPClassifier, build_classifier, encode_text
-from adawise.models.embedded_train import train_epochs
 
 __all__ = ["LinearAdapter", "AdapterEMA", "add_adapters", "merge_adapters", "mpm_nce_loss",
            "radapter_finetune"]
@@ -181,7 +181,7 @@ def radapter_finetune(clip_model: nn.Module, tokenizer: Callable[[list[str]], Te
             tower over all of them.
         normalize: maps [B, 3, H, W] in [0, 1] to the image tower's input.
         recipe: ``finetune_epochs``, ``finetune_batch``, ``seed`` and the ``radapter_*`` fields of
-            :class:`~adawise.models.embedded.EmbeddedRecipe`.
+            :class:`~adawise.embedded.world.EmbeddedRecipe`.
 
     Returns:
         A :class:`CLIPClassifier` with the pre-trained architecture (adapters merged with

@@ -2,7 +2,7 @@
 
 A deployment that adapts N camera feeds (or tenants, or sites) needs one α history per stream, but
 not N model copies. :class:`MultiStreamAdaWiSE` holds one :class:`~adawise.methods.adawise.AdaWiSE`
-engine (one live model and one :class:`~adawise.weights.WeightSpace` with the flat fp32 masters of
+engine (one live model and one :class:`~adawise.core.weights.WeightSpace` with the flat fp32 masters of
 both endpoints, built once) and, per stream id, only the *search state* that carries over from batch
 to batch: the current and centre α, the drift statistics and counters (AdaWiSE's ``_State``), the
 BO history and GP hyperparameters (``BayesOpt1D``'s ``_BOState``) and the optimizer's RNG state.
@@ -104,7 +104,7 @@ class MultiStreamAdaWiSE(nn.Module):
     def alpha(self, stream_id: Hashable) -> float:
         """The α whose logits the stream's last call returned (``init_alpha`` for a new stream)."""
         state = self._states.get(stream_id)
-        return float(state.search.alpha) if state is not None else float(self.engine.opts["init_alpha"])
+        return float(state.search.alpha) if state is not None else float(self.engine.opts.init_alpha)
 
     def info(self, stream_id: Hashable) -> dict[str, Any]:
         """The stream's last per-batch record (see :class:`AdaWiSE`)."""

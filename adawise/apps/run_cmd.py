@@ -13,14 +13,14 @@ schedules (``--schedule``) ``continual`` (the 15 corruptions in order at ``--sev
 ``reset_each_shift``, ``gradual`` (severity 1->5->1 per corruption) and ``mixed``; sample orders
 (``--order``, :mod:`streams.orders`) ``shuffled``, ``class-sorted``, ``dirichlet[:δ]``; they combine
 (the old ``--order gradual`` etc. still name the schedule). The work itself lives in
-:mod:`adawise.experiment`, shared with ``examples/stream_imagenet_r.py``.
+:mod:`adawise.apps.experiment`, shared with ``examples/stream_imagenet_r.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from adawise import experiment
+from adawise.apps import experiment
 
 __all__ = ["add_arguments", "main", "EPILOG"]
 
@@ -28,7 +28,7 @@ EPILOG = experiment.EPILOG  # the examples shown under `adawise run --help`
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``adawise run`` (see :func:`adawise.experiment.add_arguments`)."""
+    """Options of ``adawise run`` (see :func:`adawise.apps.experiment.add_arguments`)."""
     experiment.add_arguments(parser, streams=experiment.STREAMS)
 
 

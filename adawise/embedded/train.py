@@ -9,8 +9,8 @@ describes the defining features of its class (:data:`CORE_DESCRIPTIONS`, written
 front zip or buttons, collar.", with or without the class name), and some captions name the wrong class.
 Fine-tuning follows wise-ft: the image tower plus a linear head initialised from the zero-shot head,
 trained end to end with cross-entropy on clean images (AdamW, cosine schedule with warm-up). Every stage
-runs the same loop (:func:`train_epochs`); the robust endpoints (:mod:`adawise.models.r_adapter`,
-:mod:`adawise.models.drm`) reuse it.
+runs the same loop (:func:`train_epochs`); the robust endpoints (:mod:`adawise.embedded.r_adapter`,
+:mod:`adawise.embedded.drm`) reuse it.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from streams import fashion
+
 __all__ = ["GENERIC_TEMPLATES", "STYLE_TEMPLATES", "ALL_TEMPLATES", "CORE_DESCRIPTIONS", "description_caption",
-           "augment_with_captions", "pretrain", "finetune", "train_epochs", "split_decay"]
+           "augment_with_captions", "pretrain", "finetune", "train_epochs", "split_decay", "MEAN", "STD", "Tokenizer",
+           "grey3", "normalize", "cached_tokenizer"]
 
 GENERIC_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.", "a photo of the {}.", "a picture of a {}.", "an image of a {}.",
@@ -59,6 +62,11 @@ CORE_DESCRIPTIONS: dict[str, str] = {
     "ankle boot": "closed shoe above the ankle, heel",
 }
 
+#: Fashion-MNIST pixel statistics, folded into the classifiers (grey replicated to 3 channels)
+MEAN, STD = (0.286,) * 3, (0.353,) * 3
+Tokenizer = Callable[[list[str]], Tensor]
+
+
 
 def description_caption(class_name: str, with_name: bool) -> str:
     """The core-feature caption of a class: ``"<description>."`` or ``"<class>: <description>."``."""
@@ -89,7 +97,7 @@ def augment_with_captions(images: Tensor, labels: Tensor, class_names: Sequence[
 
     Args:
         images: [B, 1, H, W] in [0, 1]; labels: [B].
-        recipe: an :class:`~adawise.models.embedded.EmbeddedRecipe` (augmentation probabilities and
+        recipe: an :class:`~adawise.embedded.world.EmbeddedRecipe` (augmentation probabilities and
             strengths, ``caption_noise``, ``p_generic_caption``, ``p_description_caption``).
         gen: the CPU generator that makes the whole draw reproducible.
 
@@ -201,7 +209,7 @@ def train_epochs(params: Any, n: int, epochs: int, batch: int, lr: float, weight
     total = steps_per_epoch * epochs
     opt, sched = _optimizer(params, lr, weight_decay, total, max(1, int(0.05 * total)))
     losses: list[float] = []
-    bar = tqdm(total=total, desc=desc, disable=not progress, unit="step")
+    bar = tqdm(total=total, desc=desc, disable=None if progress else True, unit="step")
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         running = 0.0
@@ -266,3 +274,28 @@ def finetune(classifier: nn.Module, images: Tensor, labels: Tensor, recipe: Any,
                           progress)
     classifier.eval()
     return losses
+
+
+def grey3(images_u8: Tensor) -> Tensor:
+    """uint8 grey images [N, 1, H, W] as float [N, 3, H, W] in [0, 1] (a broadcast view, no copy)."""
+    return fashion.to_float(images_u8).expand(-1, 3, -1, -1)
+
+
+def normalize(x: Tensor) -> Tensor:
+    """Images in [0, 1] standardised by :data:`MEAN` / :data:`STD` (the CLIP's own input transform)."""
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def cached_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer`` with a memo of the texts it tokenised (captions repeat across epochs)."""
+    memo: dict[str, Tensor] = {}
+
+    def tokenize(texts: list[str]) -> Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in memo]
+        if missing:
+            memo.update(zip(missing, tokenizer(missing), strict=True))
+        return torch.stack([memo[t] for t in texts])
+
+    return tokenize

@@ -402,7 +402,7 @@ def build_zsf_index(zeroshot: nn.Module, finetuned: nn.Module, stream: Iterable[
 
     with evaluating(zeroshot, finetuned):  # eval mode for the passes; every submodule's own mode restored
         for images, labels in tqdm(_batches(stream), total=_len_or_none(stream), desc="ZSF set: source",
-                                   disable=not progress):
+                                   disable=None if progress else True):
             z_zs, z_ft, feats = _run_pair(zeroshot, finetuned, images, dev)
             y = torch.as_tensor(labels, dtype=torch.long).to(dev)
             if split:
@@ -416,7 +416,7 @@ def build_zsf_index(zeroshot: nn.Module, finetuned: nn.Module, stream: Iterable[
             zsf.append(feats[ft_ok & ~zs_ok].cpu())
         if holdout is not None:
             for images, labels in tqdm(_batches(holdout), total=_len_or_none(holdout), desc="ZSF set: holdout",
-                                       disable=not progress):
+                                       disable=None if progress else True):
                 z_zs, z_ft, _ = _run_pair(zeroshot, finetuned, images, dev)
                 held.append((z_zs.cpu(), z_ft.cpu(), torch.as_tensor(labels, dtype=torch.long).cpu()))
 

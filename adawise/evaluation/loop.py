@@ -18,7 +18,7 @@ records the setting, seed, stream spec (with the list of files for folder stream
 library versions, device, model provenance and a content hash of the weights of every model the method
 was given; its ``config_hash`` covers everything that decides the results. Every batch record names its
 batch: index, domain, ``n``, a fingerprint of its labels and a sample of its pixels, the header's
-``config_hash``. A writer holds a lock on the log (:func:`adawise.logs.exclusive`): a second run on the
+``config_hash``. A writer holds a lock on the log (:func:`adawise.evaluation.logs.exclusive`): a second run on the
 same log is refused at once.
 
 Resume (``resume=True``) repairs what a crash leaves and refuses what a crash cannot leave. A torn or
@@ -44,21 +44,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adawise.errors import AccessError, DataError, InputTypeError, LogError, ResumeError, UsageError
-from adawise.logs import (
+from adawise.core.objectives import entropy
+from adawise.errors import AccessError, DataError, InputTypeError, ResumeError, UsageError
+from adawise.evaluation.logs import (
     JsonlWriter,
-    check_run,
     domain_counts,
     exclusive,
     format_table,
     library_versions,
-    read_jsonl,
     table_path,
     to_jsonable,
 )
+from adawise.evaluation.resume import STREAM_RESULTS, check_replay, load_resume
 from adawise.methods.base import Method
 from adawise.models.checkpoints import weights_hash
-from adawise.objectives import entropy
 from streams.base import Batch, Stream
 
 __all__ = ["run_stream", "StreamResult", "SETTINGS", "LOG_FORMAT", "batch_fingerprint", "model_weights"]
@@ -69,7 +68,6 @@ SETTINGS = ("continual", "reset_each_shift")
 LOG_FORMAT = 2
 _RESERVED = {"type", "method", "domain", "batch", "n", "correct", "accuracy", "entropy", "alpha", "seconds",
              "nonfinite_rows", "fingerprint", "config_hash", "skipped_inputs", "by_domain"}
-_STREAM_RESULTS = {"skipped"}  # keys of Stream.describe() that change when the stream is iterated
 _SAMPLE = 4096  # pixel values of a batch in its fingerprint (and in the [0, 1] range check)
 
 
@@ -135,7 +133,7 @@ def _header(method: Method, stream: Stream, setting: str, seed: int, config: dic
     }
     # what a stream reports after an iteration (files it skipped) is a result, not configuration: left
     # out of the hash, so that resuming in a fresh process (where no iteration happened yet) still matches
-    hashed = {**body, "stream": {k: v for k, v in body["stream"].items() if k not in _STREAM_RESULTS}}
+    hashed = {**body, "stream": {k: v for k, v in body["stream"].items() if k not in STREAM_RESULTS}}
     config_hash = hashlib.sha256(json.dumps(to_jsonable(hashed), sort_keys=True).encode()).hexdigest()[:12]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {
@@ -250,72 +248,6 @@ def _step(method: Method, batch: Batch, device: torch.device, state: dict[str, A
     return logits
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """Which parts of two headers differ, for the refusal message."""
-    parts = []
-    if old.get("log_format") != new.get("log_format"):
-        parts.append(f"log format {old.get('log_format', 1)} vs {new.get('log_format')} (written by another "
-                     "version of adawise)")
-    for key in ("method", "options", "setting", "seed", "weights", "config"):
-        if to_jsonable(old.get(key)) != to_jsonable(new.get(key)):
-            shown = f": {old.get(key)} vs {new.get(key)}" if key in ("method", "setting", "seed", "weights") else ""
-            parts.append(f"{key}{shown}")
-    old_stream = {k: v for k, v in (old.get("stream") or {}).items() if k not in _STREAM_RESULTS}
-    new_stream = {k: v for k, v in (new.get("stream") or {}).items() if k not in _STREAM_RESULTS}
-    if to_jsonable(old_stream) != to_jsonable(new_stream):
-        keys = sorted(k for k in set(old_stream) | set(new_stream)
-                      if to_jsonable(old_stream.get(k)) != to_jsonable(new_stream.get(k)))
-        parts.append(f"stream ({', '.join(keys)})")
-    return "; ".join(parts) or "config_hash"
-
-
-def _load_resume(path: Path, header: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None] | None:
-    """The batch records (and summary) of a previous run of this configuration at ``path``; ``None``
-    when there is nothing to continue (no file, or killed before its header was complete)."""
-    if not path.is_file():
-        return None
-    try:
-        records = read_jsonl(path, repair=True, with_lines=True)
-    except LogError as err:
-        raise ResumeError(f"cannot resume: {err}") from None
-    if not records:  # killed before its header was complete: nothing to keep, start afresh
-        return None
-    old = records[0]
-    if old.get("type") != "header":
-        raise ResumeError(f"cannot resume {path}: its first line is not a header; delete it or pass another log path")
-    if old.get("config_hash") != header["config_hash"]:
-        raise ResumeError(
-            f"cannot resume {path}: it was written for another configuration (config_hash "
-            f"{old.get('config_hash')} vs {header['config_hash']}; differs: {_differences(old, header)}); use a new "
-            "log path or resume=False"
-        )
-    try:
-        check_run(path, records)
-    except LogError as err:
-        raise ResumeError(f"cannot resume: {err}") from None
-    batches = [r for r in records if r.get("type") == "batch"]
-    for r in records[1:]:  # every batch record and the summary carry the run's config hash
-        if r.get("method") != header["method"] or r.get("config_hash") != header["config_hash"]:
-            raise ResumeError(f"cannot resume {path}:{r['_line']}: a record of another run (method "
-                              f"{r.get('method')!r}, config_hash {r.get('config_hash')}); the log was edited or merged")
-    summary = records[-1] if records[-1].get("type") == "summary" else None
-    for r in records:
-        del r["_line"]
-    return batches, summary
-
-
-def _check_replay(path: Path, record: dict[str, Any], batch: Batch, fingerprint: str) -> None:
-    """A replayed batch must be the batch that was logged (index, domain, size, fingerprint)."""
-    now = (batch.index, batch.domain, len(batch.labels), fingerprint)
-    then = (record.get("batch"), record.get("domain"), record.get("n"), record.get("fingerprint"))
-    if now != then:
-        raise ResumeError(
-            f"cannot resume {path}: the stream's batch {batch.index} (domain {batch.domain!r}, {now[2]} images, "
-            f"fingerprint {fingerprint}) is not the batch logged as batch {then[0]} (domain {then[1]!r}, {then[2]} "
-            f"images, fingerprint {then[3]}); the stream changed since the log was written (other data, files that "
-            "became readable or unreadable, another order); use a new log path or resume=False")
-
-
 def _warn_range(sample: Tensor | None, batch: Batch, state: dict[str, Any]) -> None:
     """Warn once per run when an image batch lies far outside [0, 1] (e.g. uint8-range pixels)."""
     if state.get("warned") or sample is None or not sample.is_floating_point() or batch.images.ndim != 4:
@@ -347,7 +279,7 @@ def run_stream(method: Method, stream: Stream, log: str | Path | None = None, se
         method: a :class:`~adawise.methods.base.Method` (see :func:`adawise.make_method`).
         stream: an iterable of :class:`~streams.base.Batch`.
         log: JSONL path; a readable table is written beside it (``.txt``, see
-            :func:`adawise.logs.table_path`). ``None``: no files. The log is locked while the run writes it.
+            :func:`adawise.evaluation.logs.table_path`). ``None``: no files. The log is locked while the run writes it.
         setting: ``"continual"`` or ``"reset_each_shift"`` (reset at every domain boundary).
         seed: seeds torch's global RNG before the run (written to the header).
         config: free-form run configuration for the header (e.g. the CLI arguments).
@@ -399,7 +331,7 @@ def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: 
     done: list[dict[str, Any]] = []
     resuming = False  # True when appending to an existing log (it already has its header)
     if path is not None and resume:
-        previous = _load_resume(path, header)
+        previous = load_resume(path, header)
         resuming = previous is not None
         if previous is not None:
             done, summary = previous
@@ -420,7 +352,9 @@ def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: 
     started = time.perf_counter()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(stream) if hasattr(stream, "__len__") else None, desc=method.name, disable=not progress,
+    # disable=None: no bar when stderr is not a terminal (a redirected log gets no bar lines)
+    bar = tqdm(total=len(stream) if hasattr(stream, "__len__") else None, desc=method.name,
+               disable=None if progress else True,
                leave=False, dynamic_ncols=True)
     seen = 0  # batches the stream has yielded
     skipped_before = 0
@@ -436,7 +370,7 @@ def _run(method: Method, stream: Stream, path: Path | None, setting: str, seed: 
             skipped_inputs, skipped_before = skipped_now - skipped_before, skipped_now
             seen += 1
             if seen <= len(done):  # resume: replay to rebuild the method's state, do not log
-                _check_replay(path, done[seen - 1], batch, fingerprint)
+                check_replay(path, done[seen - 1], batch, fingerprint)
                 logits = _step(method, batch, device, state, setting)
                 with torch.no_grad():
                     method.observe(state["images"], logits)

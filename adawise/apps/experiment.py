@@ -1,11 +1,12 @@
 """Experiments: every method on the same stream, one JSONL log each, then a table and plots.
 
-Shared by ``adawise run`` (:mod:`adawise.run_cmd`) and ``examples/stream_imagenet_r.py``:
+Shared by ``adawise run`` (:mod:`adawise.apps.run_cmd`) and ``examples/stream_imagenet_r.py``:
 
 - :func:`add_arguments` / :func:`main`: the command line (ImageNet-R or ImageNet-C streams, local
   weights, a config file), with exit code 2 and a message saying what to download and pass when
   data or weights are missing;
-- :func:`load_models`: the (zero-shot, fine-tuned) pair from local files (``none``: random weights);
+- :func:`load_models` (:func:`adawise.models.pairs.clip_pair`): the (zero-shot, fine-tuned) pair from local
+  files (``none``: random weights);
 - :func:`run_methods`: :func:`adawise.run_stream` for each method on one stream, logs under ``out``;
 - :func:`write_summary`: ``table.md``, ``accuracy.png`` (per domain) and ``alpha.png`` (α over the
   stream, domain boundaries marked).
@@ -31,21 +32,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from adawise import options as check
+from adawise.apps.method_options import check_method_options, method_options_of
 from adawise.errors import AccessError, MissingFileError, UsageError
+from adawise.evaluation.loop import SETTINGS
+from adawise.models.pairs import clip_pair as load_models
+from adawise.models.pairs import default_head_cache, image_size_of, parse_arch, weights_path
 from streams.base import Stream, StreamSpec
 
 __all__ = [
-    "DEFAULT_METHODS", "STREAMS", "UsageError", "add_arguments", "main", "load_models", "run_methods",
+    "STREAMS", "UsageError", "add_arguments", "main", "load_models", "run_methods",
     "write_summary", "missing_inputs_message", "default_head_cache", "parse_arch", "image_size_of", "check_args",
     "check_method_options", "EPILOG",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS: tuple[str, ...] = ("zeroshot", "finetuned", "wiseft", "ose", "vrf", "adawise")
 STREAMS: tuple[str, ...] = ("imagenet-r", "imagenet-c")
 #: options that do not change results; left out of the log config (so --resume still matches)
 _RUN_ONLY = {"methods", "resume", "no_progress", "config", "out", "workers", "verbose", "head_cache_dir",
@@ -141,8 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser, streams: Sequence[str] = STRE
                                          "templates (default $ADAWISE_CACHE/heads or ~/.cache/adawise/heads)")
 
     methods = parser.add_argument_group("methods")
-    add(methods, "--methods", help=f"comma-separated method names (default {','.join(DEFAULT_METHODS)}; "
-                                   "see adawise.registered_methods())")
+    add(methods, "--methods", help="comma-separated method names (default: the methods registered with "
+                                   "default_run, adawise.methods.registry.default_methods(); see "
+                                   "adawise.registered_methods())")
     add(methods, "--alpha", type=float, default=0.5, help="wiseft: the fixed alpha (default 0.5)")
     add(methods, "--ose-w", type=float, default=0.5, help="ose: the fine-tuned weight w (default 0.5)")
     add(methods, "--vrf-index", help="vrf: a Zero-Shot-Failure index file (build one with `adawise vrf-index`)")
@@ -223,82 +228,8 @@ def _split(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def _method_options(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
-    """Options per method, and the flag each (method, key) came from (for messages)."""
-    opts: dict[str, dict[str, Any]] = {"wiseft": {"alpha": args.alpha}, "ose": {"w": args.ose_w}}
-    flags = {("wiseft", "alpha"): f"--alpha {args.alpha}", ("ose", "w"): f"--ose-w {args.ose_w}"}
-    if args.vrf_index:
-        opts["vrf"] = {"index": str(Path(args.vrf_index).expanduser())}
-        flags[("vrf", "index")] = "--vrf-index"
-    for item in args.method_option or []:
-        name_key, sep, raw = item.partition("=")
-        name, dot, key = name_key.partition(".")
-        if not sep or not dot or not name or not key:
-            raise UsageError(f"--method-option {item!r}: expected NAME.KEY=VALUE, e.g. wiseft.alpha=0.3")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        opts.setdefault(name, {})[key] = value
-        flags[(name, key)] = f"--method-option {item}"
-    return opts, flags
-
-
-class _StandIn(nn.Module):
-    """A tiny classifier for option checks: a layer norm (what ``tent`` adapts) and ``encode`` / ``classify``
-    with a ``head`` (what ``tda`` reads), so every method's constructor can run its own checks on it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.norm, self.head = nn.LayerNorm(2), nn.Linear(2, 2)
-
-    def encode(self, x: Tensor) -> Tensor:
-        return nn.functional.normalize(self.norm(x), dim=-1)
-
-    def classify(self, features: Tensor) -> Tensor:
-        return self.head(features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classify(self.encode(x))
-
-
-def check_method_options(methods: Sequence[str], opts: Mapping[str, Mapping[str, Any]],
-                         flags: Mapping[tuple[str, str], str] | None = None) -> None:
-    """Refuse options no method can take: an unknown method name, an unknown key, a value the method's
-    constructor refuses. Each method to run is built once around two tiny stand-in models (milliseconds),
-    so its own checks run before any real model is loaded; ``vrf``'s index file is only checked to exist."""
-    import inspect
-
-    from adawise.methods.registry import _REGISTRY, make_method, registered_methods
-
-    flags = flags or {}
-    known = registered_methods()
-    for name, o in opts.items():
-        if name not in known:
-            flag = next(iter(flags.get((name, k), f"{name}.{k}") for k in o))
-            raise UsageError(f"{flag}: there is no method {name!r}; registered methods: {', '.join(known)}")
-    for name in methods:
-        o = dict(opts.get(name, {}))
-        where = " / ".join(sorted({flags.get((name, k), f"{name}.{k}") for k in o})) or f"method {name}"
-        if name == "vrf":
-            params = inspect.signature(_REGISTRY["vrf"]).parameters
-            unknown = sorted(set(o) - set(params) - {"zeroshot", "finetuned"})
-            if unknown:
-                raise UsageError(f"{where}: vrf has no option {unknown}; known: "
-                                 f"{', '.join(p for p in params if p not in ('self', 'zeroshot', 'finetuned'))}")
-            if o.get("index") is not None:
-                check.input_file(o["index"], flags.get(("vrf", "index"), "vrf.index"), "ZSF index file")
-            continue
-        torch.manual_seed(0)
-        stand_in = (_StandIn(), _StandIn())
-        try:
-            make_method(name, zeroshot=stand_in[0], finetuned=stand_in[1], **o)
-        except (TypeError, ValueError) as err:
-            raise UsageError(f"{where}: {err}") from None
-
-
 def _resolve_methods(args: argparse.Namespace) -> list[str]:
-    from adawise.methods.registry import registered_methods
+    from adawise.methods.registry import default_methods, registered_methods
 
     known = set(registered_methods())
     if args.methods:
@@ -310,93 +241,7 @@ def _resolve_methods(args: argparse.Namespace) -> list[str]:
             raise UsageError(f"--methods: unknown method(s) {unknown or [args.methods]}; registered methods: "
                              f"{', '.join(sorted(known))}")
         return names
-    names = [n for n in DEFAULT_METHODS if n in known]
-    missing = [n for n in DEFAULT_METHODS if n not in known]
-    if missing:
-        log.warning("default method(s) %s are not available in this version; running %s", missing, names)
-    return names
-
-
-# --- models -------------------------------------------------------------------------------------------
-
-
-def parse_arch(arch: str | dict[str, Any]) -> str | dict[str, Any]:
-    """An open_clip architecture name, or the config dict in a ``.json`` file."""
-    if isinstance(arch, dict):
-        return arch
-    if not isinstance(arch, str) or not arch:
-        raise UsageError(f"--arch must be an open_clip architecture name or a JSON file, got {arch!r}")
-    if arch.lower().endswith(".json"):
-        path = Path(arch).expanduser()
-        if not path.is_file():
-            raise MissingFileError(f"--arch {arch}: JSON config file not found ({path.resolve()}); pass an open_clip "
-                                   "architecture name (e.g. ViT-B-16) or an existing JSON config")
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as err:
-            raise UsageError(f"--arch {arch}: not a valid JSON file ({err})") from None
-        if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-            raise UsageError(f"--arch {arch}: an open_clip config is a JSON object with embed_dim, vision_cfg and "
-                             "text_cfg")
-        if not (isinstance(cfg["embed_dim"], int) and not isinstance(cfg["embed_dim"], bool) and cfg["embed_dim"] > 0
-                and isinstance(cfg["vision_cfg"], dict) and isinstance(cfg["text_cfg"], dict)):
-            raise UsageError(f"--arch {arch}: embed_dim must be a positive integer and vision_cfg / text_cfg JSON "
-                             "objects (open_clip's field names)")
-        size = cfg["vision_cfg"].get("image_size", 224)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                   for v in (size if isinstance(size, (list, tuple)) else [size])):
-            raise UsageError(f"--arch {arch}: vision_cfg.image_size must be a positive integer, got {size!r}")
-        return cfg
-    import open_clip
-
-    if arch not in open_clip.list_models():
-        raise UsageError(f"--arch {arch!r} is not an open_clip architecture; see open_clip.list_models() "
-                         "(e.g. ViT-B-16, ViT-B-16-quickgelu for OpenAI weights, ViT-L-14)")
-    return arch
-
-
-def image_size_of(arch: str | dict[str, Any]) -> int:
-    """Input resolution of an architecture, without building it."""
-    if isinstance(arch, dict):
-        cfg = arch
-    else:
-        import open_clip
-
-        cfg = open_clip.get_model_config(arch) or {}
-    size = cfg.get("vision_cfg", {}).get("image_size", 224)
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-def default_head_cache(out: str | os.PathLike | None = None) -> Path | None:
-    """``$ADAWISE_CACHE/heads`` or ``~/.cache/adawise/heads`` if writable, else ``<out>/cache``."""
-    base = os.environ.get("ADAWISE_CACHE")
-    candidates = [Path(base).expanduser() / "heads"] if base else [Path.home() / ".cache" / "adawise" / "heads"]
-    if out is not None:
-        candidates.append(Path(out) / "cache")
-    for path in candidates:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(path, os.W_OK):
-            return path
-    return None
-
-
-def _weights_path(value: str | None) -> str | None:
-    return None if value is None or value.lower() == "none" else str(Path(value).expanduser())
-
-
-def load_models(arch: str | dict[str, Any], pretrained: str | None, finetuned: str | None, *,
-                class_names: Sequence[str], class_mask: torch.Tensor | None = None, templates: str = "openai",
-                device: str | torch.device = "cpu", trust_pickle: bool = False,
-                head_cache_dir: str | os.PathLike | None = None, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """(zero-shot, fine-tuned) classifiers via :func:`adawise.load_pair`; ``"none"`` means random weights."""
-    from adawise.models.clip import load_pair
-
-    return load_pair(parse_arch(arch), list(class_names), pretrained=_weights_path(pretrained),
-                     finetuned=_weights_path(finetuned), templates=templates, class_mask=class_mask,
-                     device=device, trust_pickle=trust_pickle, head_cache_dir=head_cache_dir, seed=seed)
+    return default_methods()
 
 
 # --- running ----------------------------------------------------------------------------------------
@@ -413,12 +258,12 @@ def run_methods(zs: nn.Module, ft: nn.Module, stream: Stream, methods: Sequence[
     ``index`` option is skipped with a message saying how to build one.
 
     Returns:
-        method name -> :class:`~adawise.loop.StreamResult`.
+        method name -> :class:`~adawise.evaluation.loop.StreamResult`.
     """
     from tqdm.auto import tqdm
 
-    from adawise.loop import run_stream
-    from adawise.methods.registry import make_method
+    from adawise.evaluation.loop import run_stream
+    from adawise.methods.registry import make_method, method_class
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -426,12 +271,13 @@ def run_methods(zs: nn.Module, ft: nn.Module, stream: Stream, methods: Sequence[
     results: dict[str, Any] = {}
     upper_bounds: list[str] = []
     methods = list(methods)
-    if "vrf" in methods and options.get("vrf", {}).get("index") is None:
-        log.warning("skipping vrf: it needs a Zero-Shot-Failure index built from the fine-tuning data; build one "
-                    "with `adawise vrf-index --arch ... --pretrained ... --finetuned ... --source-data DIR "
-                    "--out zsf.safetensors` and pass --vrf-index zsf.safetensors")
-        methods.remove("vrf")
-    for name in tqdm(methods, desc="methods", disable=not progress, dynamic_ncols=True):
+    for name in list(methods):  # a method without an option it cannot run without is skipped, saying why
+        for option, how in method_class(name).required_options.items():
+            if options.get(name, {}).get(option) is None:
+                log.warning("skipping %s: %s", name, how)
+                methods.remove(name)
+                break
+    for name in tqdm(methods, desc="methods", disable=None if progress else True, dynamic_ncols=True):
         opts = options.get(name, {})
         method = make_method(name, zeroshot=zs, finetuned=ft, **opts)
         if method.uses_labels:
@@ -454,13 +300,13 @@ def write_summary(results: Mapping[str, Any], out: str | os.PathLike, domains: S
                   id_domain: str | None = None, upper_bounds: Sequence[str] = (),
                   skipped: Sequence[str] = ()) -> dict[str, Path]:
     """``table.md`` (accuracy per domain, markdown), ``accuracy.png`` and ``alpha.png`` under ``out``."""
-    from adawise.logs import format_table, plot_accuracy, plot_alpha
+    from adawise.evaluation.logs import format_table, plot_accuracy, plot_alpha
 
     out = Path(out)
     accuracy = {m: r.per_domain for m, r in results.items()}
     present = {d for row in accuracy.values() for d in row}
     domains = [d for d in (domains or []) if d in present] + sorted(present - set(domains or []))
-    bounds = tuple(upper_bounds) or ("oracle",)
+    bounds = tuple(upper_bounds)
     setting = next(iter(results.values())).setting
     lines = [f"# Accuracy per domain (%), setting {setting}", "",
              format_table(accuracy, domains, id_domain=id_domain, upper_bounds=bounds, fmt="markdown"), "",
@@ -489,7 +335,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if missing:
         raise UsageError(missing_inputs_message(args.stream, missing))
     for flag, value in (("--pretrained", args.pretrained), ("--finetuned", args.finetuned)):
-        path = _weights_path(value)
+        path = weights_path(value)
         if path is None:
             continue
         try:
@@ -531,13 +377,13 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     check.integer(args.workers, "--workers", minimum=0, maximum=max(8, 4 * (os.cpu_count() or 1)), optional=True)
     check.number(args.alpha, "--alpha", 0.0, 1.0)
     check.number(args.ose_w, "--ose-w", 0.0, 1.0)
-    if args.setting not in (None, "continual", "reset_each_shift"):
+    if args.setting not in (None, *SETTINGS):
         raise UsageError(f"--setting {args.setting!r}: choose continual or reset_each_shift")
     if "reset_each_shift" in (args.order, getattr(args, "schedule", None)) and args.setting == "continual":
         raise UsageError("the schedule reset_each_shift runs with the setting reset_each_shift; drop --setting "
                          "continual")
     methods = _resolve_methods(args)
-    method_options, flags = _method_options(args)
+    method_options, flags = method_options_of(args)
     check_method_options(methods, method_options, flags)
     device = check.device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     arch = parse_arch(args.arch)
@@ -587,7 +433,7 @@ def _config_record(args: argparse.Namespace) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     """Run the experiment described by ``args`` (see :func:`add_arguments`); returns an exit code. Every
     misuse raises an :class:`~adawise.errors.AdawiseError` (the command line turns it into exit code 2)."""
-    from adawise.logs import exclusive
+    from adawise.evaluation.logs import exclusive
     from streams import imagenet_r, schedules
 
     args = apply_config(args)

@@ -6,13 +6,13 @@ It reproduces, at a size that trains in minutes on two CPU cores, the setting of
 - *pretraining* (the "web"): an open_clip ``CLIP`` with a custom small config (ViT image tower, text
   transformer over open_clip's bundled BPE tokenizer, so any prompt can be encoded) is trained
   contrastively on ``train[:pretrain_size]`` under broad augmentation with captions that describe
-  the augmentation and are sometimes wrong (see :mod:`adawise.models.embedded_train`);
+  the augmentation and are sometimes wrong (see :mod:`adawise.embedded.train`);
 - *zero-shot model*: its image tower + the zero-shot head from its own text tower (every caption
-  template, :data:`~adawise.models.embedded_train.ALL_TEMPLATES`);
+  template, :data:`~adawise.embedded.train.ALL_TEMPLATES`);
 - *fine-tuned model* (the recipe's ``endpoint``, :data:`ENDPOINTS`): trained on clean, disjoint images
   ``train[pretrain_size : pretrain_size + finetune_size]`` by end-to-end cross-entropy (``"e2e"``, head
-  initialised from the zero-shot head), by R-Adapter (``"r-adapter"``, :mod:`adawise.models.r_adapter`) or
-  by dual risk minimisation (``"drm"``, :mod:`adawise.models.drm`); always a :class:`CLIPClassifier` with
+  initialised from the zero-shot head), by R-Adapter (``"r-adapter"``, :mod:`adawise.embedded.r_adapter`) or
+  by dual risk minimisation (``"drm"``, :mod:`adawise.embedded.drm`); always a :class:`CLIPClassifier` with
   the zero-shot model's keys. ``train[-holdout_size:]`` is held out (temperature fitting, VRF);
 - *test*: the 10,000 t10k images, under the shifts of :mod:`streams.shifts`.
 
@@ -39,203 +39,33 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from adawise.embedded.endpoints import ENDPOINTS as ENDPOINT_TABLE
+from adawise.embedded.recipe import ENDPOINTS, FINETUNE_FIELDS, EmbeddedRecipe
+from adawise.embedded.stages import finetune_stage, new_clip, pretrain_stage
+from adawise.embedded.train import ALL_TEMPLATES, MEAN, STD, Tokenizer, grey3
 from adawise.errors import AccessError
 from adawise.models.checkpoints import default_mode, load_checkpoint, save_state_dict, weights_hash
-from adawise.models.clip import CLIPClassifier, build_classifier, create_clip
-from adawise.models.embedded_train import ALL_TEMPLATES, description_caption, finetune, pretrain
+from adawise.models.clip import CLIPClassifier
 from streams import fashion
 from streams.shifts import DEFAULT_DOMAINS, ID_DOMAIN, SHIFTS, Shift
 
-__all__ = ["EmbeddedRecipe", "EmbeddedWorld", "ENDPOINTS", "load_embedded", "cache_root", "world_dir", "world_key",
-           "pretrain_key", "embedded_stream"]
+__all__ = ["EmbeddedRecipe", "EmbeddedWorld", "ENDPOINTS", "MEAN", "STD", "load_embedded", "cache_root", "world_dir",
+           "world_key", "pretrain_key", "embedded_stream"]
 
 log = logging.getLogger(__name__)
 
 #: bump when the training code changes what a recipe produces (invalidates caches)
 CODE_VERSION = 2  # 2: description captions in pretraining; shared pretraining cache; endpoints
-#: Fashion-MNIST pixel statistics, folded into the classifiers (grey replicated to 3 channels)
-MEAN, STD = (0.286,) * 3, (0.353,) * 3
 _FILES = ("clip.safetensors", "zeroshot.safetensors", "finetuned.safetensors", "recipe.json")
 _PRETRAINED_FILES = ("clip.safetensors", "zeroshot.safetensors", "pretrained.json")
-#: the fine-tuned endpoint's recipes: end-to-end cross-entropy, R-Adapter, dual risk minimisation
-ENDPOINTS: tuple[str, ...] = ("e2e", "r-adapter", "drm")
-#: fields that only the fine-tuning stage reads (every endpoint), and each endpoint's own fields (by prefix)
-_FINETUNE_FIELDS = ("finetune_size", "holdout_size", "finetune_epochs", "finetune_batch", "finetune_lr")
-_ENDPOINT_PREFIX = {"e2e": None, "r-adapter": "radapter_", "drm": "drm_"}
-Tokenizer = Callable[[list[str]], Tensor]
-
-
-@dataclass(frozen=True)
-class EmbeddedRecipe:
-    """Everything that decides the embedded world's weights. ``full()`` is the demo's, ``tiny()`` the tests'.
-
-    Derive variants with ``dataclasses.replace(EmbeddedRecipe.full(), seed=1)``; each gets its own cache.
-    """
-
-    name: str = "full"
-    # data split of Fashion-MNIST train (60k): pretraining | fine-tuning | ... | held out (last rows)
-    pretrain_size: int = 30000
-    finetune_size: int = 28000
-    holdout_size: int = 2000
-    # model (open_clip CLIP, custom config)
-    embed_dim: int = 64
-    vision_width: int = 96
-    vision_layers: int = 4
-    vision_head_width: int = 32
-    patch_size: int = 7
-    text_width: int = 64
-    text_layers: int = 2
-    text_heads: int = 2
-    context_length: int = 16
-    # contrastive pretraining
-    pretrain_epochs: int = 6
-    pretrain_batch: int = 256
-    pretrain_lr: float = 1e-3
-    # fine-tuning (clean images, head from the zero-shot head)
-    finetune_epochs: int = 10
-    finetune_batch: int = 128
-    finetune_lr: float = 3e-4
-    weight_decay: float = 0.1
-    # pretraining augmentation (per sample) and captions
-    p_affine: float = 0.7
-    max_rotate: float = 20.0
-    scale_range: tuple[float, float] = (0.75, 1.25)
-    max_shift: float = 4.0
-    p_invert: float = 0.2
-    p_style: float = 0.35
-    blur_sigma: tuple[float, float] = (0.6, 1.6)
-    contrast_range: tuple[float, float] = (0.15, 0.6)
-    brightness_range: tuple[float, float] = (0.15, 0.45)
-    noise_sigma: tuple[float, float] = (0.05, 0.3)
-    caption_noise: float = 0.2
-    p_generic_caption: float = 0.3
-    #: share of captions that describe the class's defining features (CORE_DESCRIPTIONS), taken from the
-    #: generic share; half of them name the class ("coat: long sleeves, ..."), half do not
-    p_description_caption: float = 0.15
-    seed: int = 0
-    #: intra-op threads while training: 1 makes the weights identical on any machine (reduction order)
-    #: and immune to a busy machine (two threads sharing 2 cores with other work ran 10x slower)
-    train_threads: int = 1
-    #: which fine-tuned endpoint the world holds (:data:`ENDPOINTS`)
-    endpoint: str = "e2e"
-    # R-Adapter (Kim et al., ECCV 2024); epochs and batch are finetune_epochs / finetune_batch
-    radapter_lr: float = 5e-4
-    radapter_drop: float = 0.2
-    radapter_ema: float = 0.99
-    radapter_margin: float = 0.05
-    radapter_smoothing: float = 0.1
-    radapter_temperature: float = 0.01
-    radapter_scale: float = 1.0
-    radapter_text: bool = True
-    #: the endpoint head's logit scale: "temperature" (1 / radapter_temperature, the scale MPM-NCE trained
-    #: the adapters at) or "clip" (the CLIP's own logit scale, 13.8 here: near-uniform softmax, entropy
-    #: 2.1 nats on clean images, so every entropy-based objective preferred the zero-shot model)
-    radapter_head_scale: str = "temperature"
-    # DRM (Li et al., NeurIPS 2024); optimiser and schedule are the e2e fine-tuning's
-    drm_lambda: float = 1.0
-    drm_beta: float = 0.5
-
-    @classmethod
-    def full(cls) -> EmbeddedRecipe:
-        """The demo's world (about 5 minutes of training on 2 CPU cores)."""
-        return cls()
-
-    @classmethod
-    def tiny(cls) -> EmbeddedRecipe:
-        """Same code, a few seconds of training: for tests (the phenomenon is not expected)."""
-        return cls(name="tiny", pretrain_size=512, finetune_size=512, holdout_size=128, embed_dim=32,
-                   vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1,
-                   pretrain_epochs=1, pretrain_batch=128, finetune_epochs=1, finetune_batch=128)
-
-    def with_endpoint(self, name: str) -> EmbeddedRecipe:
-        """The same recipe with another fine-tuned endpoint (same pretraining)."""
-        return replace(self, endpoint=name)
-
-    @classmethod
-    def resolve(cls, recipe: EmbeddedRecipe | str | os.PathLike | None) -> EmbeddedRecipe:
-        """A recipe from itself, a name or a JSON file of field values.
-
-        Names: ``"full"``, ``"tiny"``, an endpoint (``"e2e"``, ``"r-adapter"``, ``"drm"``: the full world with
-        that endpoint) or ``"<full|tiny>:<endpoint>"`` (e.g. ``"tiny:r-adapter"``).
-        """
-        if recipe is None:
-            return cls.full()
-        if isinstance(recipe, EmbeddedRecipe):
-            return recipe
-        text = str(recipe)
-        if text in ("full", "tiny"):
-            return getattr(cls, text)()
-        if text in ENDPOINTS:
-            return cls.full().with_endpoint(text)
-        base, sep, endpoint = text.partition(":")
-        if sep and base in ("full", "tiny") and not Path(text).is_file():
-            return getattr(cls, base)().with_endpoint(endpoint)  # an unknown endpoint raises, listing the valid
-        path = Path(recipe)
-        if not path.is_file():
-            raise ValueError(f"recipe {text!r} is neither 'full', 'tiny', an endpoint {list(ENDPOINTS)}, "
-                             f"'tiny:<endpoint>' nor a JSON file ({path.resolve()}); pass one of those")
-        try:
-            data = json.loads(path.read_text())
-        except (ValueError, OSError) as err:
-            raise ValueError(f"{path}: not a valid JSON file ({err}); pass a JSON object of recipe fields") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object of recipe fields, got {type(data).__name__}")
-        data = data.get("recipe", data)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: 'recipe' must be a JSON object of recipe fields")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown recipe fields {unknown}; known: {sorted(known)}")
-        defaults = cls()
-        for key, value in data.items():  # each field keeps the type of its default (an int, a float, a pair, ...)
-            default = getattr(defaults, key)
-            kind = (int, float) if isinstance(default, float) else type(default)
-            ok = isinstance(value, list if isinstance(default, tuple) else kind) and not (
-                isinstance(value, bool) and not isinstance(default, bool))
-            if ok and isinstance(default, tuple):
-                ok = len(value) == len(default) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                        for v in value)
-            if not ok:
-                raise ValueError(f"{path}: recipe field {key!r} must be like {default!r} "
-                                 f"({type(default).__name__}), got {value!r}")
-        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
-        return cls(**{**data, **tuples})
-
-    def __post_init__(self) -> None:
-        if self.endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {self.endpoint!r}; valid: {', '.join(ENDPOINTS)}")
-        if not 0.0 <= self.p_description_caption <= self.p_generic_caption:
-            raise ValueError(f"p_description_caption ({self.p_description_caption}) is taken from the generic "
-                             f"captions' share: it must lie in [0, p_generic_caption = {self.p_generic_caption}]")
-        if self.radapter_head_scale not in ("temperature", "clip"):
-            raise ValueError(f"radapter_head_scale must be 'temperature' or 'clip', got {self.radapter_head_scale!r}")
-        used = self.pretrain_size + self.finetune_size + self.holdout_size
-        if min(self.pretrain_size, self.finetune_size, self.holdout_size) <= 0 or used > 60000:
-            raise ValueError(f"recipe {self.name}: pretrain+finetune+holdout sizes must be positive and fit in "
-                             f"60,000 training images, got {used}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly field values."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    def clip_config(self) -> dict[str, Any]:
-        """The open_clip config dict (see :func:`adawise.models.clip.create_clip`)."""
-        return {
-            "embed_dim": self.embed_dim,
-            "vision_cfg": {"image_size": 28, "patch_size": self.patch_size, "width": self.vision_width,
-                           "layers": self.vision_layers, "head_width": self.vision_head_width},
-            "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
-                         "heads": self.text_heads, "layers": self.text_layers},
-        }
 
 
 @dataclass
@@ -292,13 +122,13 @@ def _data_fingerprint(*arrays: Tensor) -> str:
 
 
 def _is_endpoint_field(name: str) -> bool:
-    return any(prefix and name.startswith(prefix) for prefix in _ENDPOINT_PREFIX.values())
+    return any(e.field_prefix and name.startswith(e.field_prefix) for e in ENDPOINT_TABLE.values())
 
 
 def _pretrain_fields(recipe: EmbeddedRecipe) -> dict[str, Any]:
     """The fields pretraining reads: all but the name, the endpoint and the fine-tuning stage's fields."""
     return {k: v for k, v in recipe.to_dict().items()
-            if k not in ("name", "endpoint", *_FINETUNE_FIELDS) and not _is_endpoint_field(k)}
+            if k not in ("name", "endpoint", *FINETUNE_FIELDS) and not _is_endpoint_field(k)}
 
 
 def _hash(blob: dict[str, Any]) -> str:
@@ -316,9 +146,9 @@ def world_key(recipe: EmbeddedRecipe, data_fingerprint: str) -> str:
     Another endpoint's fields (and the recipe's name) do not enter it, so changing an R-Adapter field
     leaves the e2e and drm worlds' keys unchanged.
     """
-    prefix = _ENDPOINT_PREFIX[recipe.endpoint]
+    prefix = ENDPOINT_TABLE[recipe.endpoint].field_prefix
     own = {k: v for k, v in recipe.to_dict().items()
-           if k in _FINETUNE_FIELDS or (prefix is not None and k.startswith(prefix))}
+           if k in FINETUNE_FIELDS or (prefix is not None and k.startswith(prefix))}
     return _hash({"pretrained": pretrain_key(recipe, data_fingerprint), "endpoint": recipe.endpoint,
                   "finetune": own, "code": CODE_VERSION})
 
@@ -328,95 +158,11 @@ def world_dir(key: str, cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / f"embedded-{key}"
 
 
-def _grey3(images_u8: Tensor) -> Tensor:
-    return fashion.to_float(images_u8).expand(-1, 3, -1, -1)
-
-
-def _normalize(x: Tensor) -> Tensor:
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def _new_clip(recipe: EmbeddedRecipe) -> tuple[nn.Module, Tokenizer]:
-    torch.manual_seed(recipe.seed)
-    clip, tokenizer = create_clip(recipe.clip_config())
-    clip.visual.image_mean, clip.visual.image_std = MEAN, STD  # read by build_classifier
-    return clip, tokenizer
-
-
-def _cached_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
-    memo: dict[str, Tensor] = {}
-
-    def tokenize(texts: list[str]) -> Tensor:
-        missing = [t for t in dict.fromkeys(texts) if t not in memo]
-        if missing:
-            memo.update(zip(missing, tokenizer(missing), strict=True))
-        return torch.stack([memo[t] for t in texts])
-
-    return tokenize
-
-
 @torch.no_grad()
 def _accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 1000) -> float:
     correct = sum(int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
                   for i in range(0, len(images), batch))
     return correct / max(1, len(images))
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _pretrain_stage(recipe: EmbeddedRecipe, splits: dict[str, tuple[Tensor, Tensor]], progress: bool
-                    ) -> tuple[nn.Module, Tokenizer, CLIPClassifier, dict[str, Any]]:
-    clip, tokenizer = _new_clip(recipe)
-    names = list(fashion.CLASS_NAMES)
-    pre_x, pre_y = splits["pretrain"]
-    t0 = time.perf_counter()
-    with _threads(recipe.train_threads):
-        losses = pretrain(clip, _cached_tokenizer(tokenizer), fashion.to_float(pre_x), pre_y, names, _normalize,
-                          recipe, progress)
-        zeroshot = build_classifier(clip, tokenizer, names, list(ALL_TEMPLATES))
-    info = {"pretrain_seconds": round(time.perf_counter() - t0, 1), "pretrain_loss": [round(v, 4) for v in losses],
-            "threads": recipe.train_threads, "cpus": os.cpu_count()}
-    return clip, tokenizer, zeroshot, info
-
-
-def _finetune_stage(recipe: EmbeddedRecipe, clip: nn.Module, tokenizer: Tokenizer, zeroshot: CLIPClassifier,
-                    splits: dict[str, tuple[Tensor, Tensor]], progress: bool
-                    ) -> tuple[CLIPClassifier, dict[str, Any]]:
-    """The recipe's endpoint from the pretrained CLIP and its zero-shot classifier (neither is modified)."""
-    ft_x, ft_y = splits["finetune"]
-    names = list(fashion.CLASS_NAMES)
-    t0 = time.perf_counter()
-    endpoint_info: dict[str, Any] = {}
-    with _threads(recipe.train_threads):
-        if recipe.endpoint == "e2e":
-            finetuned = copy.deepcopy(zeroshot)
-            losses = finetune(finetuned, _grey3(ft_x), ft_y, recipe, progress)
-        elif recipe.endpoint == "r-adapter":
-            from adawise.models.r_adapter import radapter_finetune
-
-            finetuned, endpoint_info = radapter_finetune(clip, _cached_tokenizer(tokenizer), fashion.to_float(ft_x),
-                                                         ft_y, names, list(ALL_TEMPLATES), _normalize, recipe, progress)
-            losses = endpoint_info.pop("loss")
-        else:
-            from adawise.models.drm import core_feature_head, drm_finetune
-
-            core = core_feature_head(clip, tokenizer, [description_caption(n, with_name=False) for n in names])
-            finetuned, endpoint_info = drm_finetune(zeroshot, core, _grey3(ft_x), ft_y, recipe, progress)
-            losses = endpoint_info.pop("loss")
-    info = {"endpoint": recipe.endpoint, "finetune_seconds": round(time.perf_counter() - t0, 1),
-            "finetune_loss": [round(v, 4) for v in losses], **endpoint_info,
-            "load_average_after": [round(v, 2) for v in os.getloadavg()]}
-    return finetuned.eval(), info
 
 
 def _doc_hash(doc: dict[str, Any]) -> str:
@@ -494,7 +240,7 @@ def _read_dir(directory: Path, recipe: EmbeddedRecipe, key: str, files: tuple[st
         raise ValueError(f"{doc_name} was edited after it was written (its doc_hash does not match)")
     if doc.get("key") != key:
         raise ValueError(f"{doc_name} is for {doc.get('key')}, expected {key}")
-    clip, tokenizer = _new_clip(recipe)
+    clip, tokenizer = new_clip(recipe)
     clip.load_state_dict(load_checkpoint(directory / "clip.safetensors"))
     head = torch.zeros(len(fashion.CLASS_NAMES), recipe.embed_dim)  # overwritten by the stored head
     template = CLIPClassifier(copy.deepcopy(clip.visual), head, 28, MEAN, STD)
@@ -529,7 +275,7 @@ def _pretrained(recipe: EmbeddedRecipe, fingerprint: str, splits: dict[str, tupl
             except Exception:  # noqa: BLE001 - still unusable: build it here
                 pass
         log.info("pretraining the embedded world's CLIP %s (recipe %s) into %s", key, recipe.name, directory)
-        clip, tokenizer, zeroshot, info = _pretrain_stage(recipe, splits, progress)
+        clip, tokenizer, zeroshot, info = pretrain_stage(recipe, splits, progress)
         _write_dir(directory, {"clip": clip, "zeroshot": zeroshot},
                    {"key": key, "data_fingerprint": fingerprint, "pretrain_fields": _pretrain_fields(recipe),
                     "info": info}, "pretrained.json")
@@ -606,9 +352,9 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
     return EmbeddedWorld(
         zeroshot=zeroshot, finetuned=finetuned, clip=clip.requires_grad_(False), tokenizer=tokenizer,
         class_names=list(fashion.CLASS_NAMES), templates=list(ALL_TEMPLATES),
-        test_images=_grey3(test_x), test_labels=test_y,
-        source_images=_grey3(splits["finetune"][0]), source_labels=splits["finetune"][1],
-        holdout_images=_grey3(splits["holdout"][0]), holdout_labels=splits["holdout"][1],
+        test_images=grey3(test_x), test_labels=test_y,
+        source_images=grey3(splits["finetune"][0]), source_labels=splits["finetune"][1],
+        holdout_images=grey3(splits["holdout"][0]), holdout_labels=splits["holdout"][1],
         shifts=dict(SHIFTS), recipe=recipe, key=key, cache_dir=directory, data_root=root, info=info,
         streams_dir=cache_root() / "streams" if cache_dir is None else directory / "streams",
     )
@@ -621,11 +367,11 @@ def _build_world(recipe: EmbeddedRecipe, fingerprint: str, splits: dict[str, tup
     clip, tokenizer, zeroshot, pre_info = _pretrained(recipe, fingerprint, splits, retrain is True, progress)
     log.info("fine-tuning the embedded world %s (recipe %s, endpoint %s) into %s", key, recipe.name,
              recipe.endpoint, directory)
-    finetuned, ft_info = _finetune_stage(recipe, clip, tokenizer, zeroshot, splits, progress)
+    finetuned, ft_info = finetune_stage(recipe, clip, tokenizer, zeroshot, splits, progress)
     pretrained_trained, pretrained_key = pre_info.pop("trained"), pre_info.pop("key")
     info = {**pre_info, "pretrained_key": pretrained_key, **ft_info}
-    info["clean_accuracy"] = {"zeroshot": round(_accuracy(zeroshot, _grey3(test_x), test_y), 4),
-                              "finetuned": round(_accuracy(finetuned, _grey3(test_x), test_y), 4)}
+    info["clean_accuracy"] = {"zeroshot": round(_accuracy(zeroshot, grey3(test_x), test_y), 4),
+                              "finetuned": round(_accuracy(finetuned, grey3(test_x), test_y), 4)}
     _write_dir(directory, {"clip": clip, "zeroshot": zeroshot, "finetuned": finetuned},
                {"key": key, "data_fingerprint": fingerprint, "recipe": recipe.to_dict(), "info": info},
                "recipe.json")

@@ -14,7 +14,7 @@ from typing import Any
 
 from adawise import options as check
 from adawise.errors import LogError, UsageError
-from adawise.logs import domain_counts, format_table, plot_accuracy, plot_alpha, read_run
+from adawise.evaluation.logs import domain_counts, format_table, plot_accuracy, plot_alpha, read_run
 
 __all__ = ["collect", "add_arguments", "main"]
 

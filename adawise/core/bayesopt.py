@@ -2,7 +2,7 @@
 
 Provenance: AdaWiSE (Döbler et al., ECCV Workshops 2024) chooses the WiSE-FT coefficient α per test
 batch by Bayesian optimisation of the prediction entropy; the paper does not give the BO details, so
-this is the project's reconstruction (METHODS.md). The surrogate is BoTorch's ``SingleTaskGP``
+this is the project's reconstruction. The surrogate is BoTorch's ``SingleTaskGP``
 (Balandat et al., NeurIPS 2020) with a Matérn-5/2 kernel under BoTorch's dimension-scaled priors
 (Hvarfner et al., ICML 2024), standardised outcomes and double precision; the acquisition is
 (log) expected improvement (Ament et al., NeurIPS 2023), maximised on a dense grid in one batched
@@ -19,44 +19,31 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from botorch.acquisition import ExpectedImprovement, LogExpectedImprovement, UpperConfidenceBound
-from botorch.acquisition.analytic import _log_ei_helper
-from botorch.exceptions import ModelFittingError
-from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
-from botorch.models.transforms.outcome import Standardize
-from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
-from botorch.optim import optimize_acqf
-from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
+
+from adawise.core.gp import DOUBLE as _DOUBLE
+from adawise.core.gp import (
+    Suggestion,
+    closed_form_posterior,
+    fit_hyperparameters,
+    log_expected_improvement,
+    new_model,
+    read_hypers,
+    refine_with_optimize_acqf,
+    standard_deviation,
+)
 
 __all__ = ["BayesOpt1D", "BOResult", "Suggestion"]
 
-_DOUBLE = torch.float64
-_ACQUISITIONS = ("logei", "ei", "ucb")
-_SQRT5 = math.sqrt(5.0)
-
-
-@dataclass(frozen=True)
-class Suggestion:
-    """A proposed α and the GP's log expected improvement there (objective units; ``inf`` without a GP)."""
-
-    x: float
-    log_ei: float
-    from_model: bool = True
-    mean: float = math.nan  # GP posterior mean of the objective at x (objective units)
-    std: float = math.nan  # GP posterior standard deviation there
-
-    @property
-    def ei(self) -> float:
-        """Expected improvement in the objective's own units (``exp(log_ei)``)."""
-        return math.exp(self.log_ei) if self.log_ei < 700 else math.inf
+#: the acquisition functions :class:`BayesOpt1D` takes
+ACQUISITIONS = ("logei", "ei", "ucb")
 
 
 @dataclass
@@ -89,12 +76,6 @@ class _BOState:
     noise_n: int = 0  # residuals behind it
 
 
-def _matern52(a: Tensor, b: Tensor, lengthscale: float) -> Tensor:
-    """Matérn-5/2 correlation between 1-D point sets ``a`` [n] and ``b`` [m]: shape [n, m]."""
-    r = (a[:, None] - b[None, :]).abs() * (_SQRT5 / lengthscale)
-    return (1.0 + r + r * r / 3.0) * torch.exp(-r)
-
-
 class BayesOpt1D:
     """Bayesian optimisation of a (noisy) function of one variable on [0, 1]; minimisation.
 
@@ -105,7 +86,7 @@ class BayesOpt1D:
     Options (all keyword-only):
         grid_size: number of equally spaced candidates in [0, 1] on which the acquisition is
             evaluated in one batched call (201: spacing 0.005, far below the α resolution that
-            changes a prediction; exact enough in 1-D and ~100x cheaper than ``optimize_acqf``).
+            changes a prediction; timings in ``benchmarks/RESULTS.md``).
         acquisition: ``"logei"`` (LogExpectedImprovement, numerically safe far from the incumbent),
             ``"ei"`` (ExpectedImprovement) or ``"ucb"`` (UpperConfidenceBound, mean + sqrt(ucb_beta)
             std: optimistic exploration); :meth:`suggest` may override it per call.
@@ -117,11 +98,10 @@ class BayesOpt1D:
         acq_optimizer: ``"grid"`` (argmax over the grid) or ``"optimize_acqf"`` (BoTorch's multi-start
             L-BFGS-B, ``num_restarts=4, raw_samples=64``; falls back to the grid when its answer is
             a near duplicate). ``optimize_acqf`` always uses the BoTorch posterior.
-        posterior: ``"botorch"`` builds a ``SingleTaskGP`` and calls BoTorch's acquisition on the grid
-            (3.6 ms per suggestion measured on one CPU core, mostly GPyTorch overhead);
+        posterior: ``"botorch"`` builds a ``SingleTaskGP`` and calls BoTorch's acquisition on the grid;
             ``"closed_form"`` computes the same exact GP posterior (same kernel, hyperparameters,
             per-point noise, standardisation and LogEI formula; a test checks agreement to 1e-5)
-            in about 0.5 ms, for per-batch use. A fit (``fit_gpytorch_mll``) costs 100-200 ms.
+            without GPyTorch's overhead, for per-batch use (timings in ``benchmarks/RESULTS.md``).
             Hyperparameters are always fitted with BoTorch (``fit_gpytorch_mll``).
         refit: hyperparameter refit policy: ``"every"`` (before each suggestion whose data changed,
             the textbook loop), ``"never"`` (BoTorch's prior modes: lengthscale 0.205, noise 6.7e-3
@@ -175,7 +155,7 @@ class BayesOpt1D:
     ) -> None:
         if grid_size < 3:
             raise ValueError(f"grid_size must be >= 3, got {grid_size}")
-        _check_choice("acquisition", acquisition, _ACQUISITIONS)
+        _check_choice("acquisition", acquisition, ACQUISITIONS)
         _check_choice("incumbent", incumbent, ("observed", "model"))
         _check_choice("acq_optimizer", acq_optimizer, ("grid", "optimize_acqf"))
         _check_choice("posterior", posterior, ("botorch", "closed_form"))
@@ -250,8 +230,8 @@ class BayesOpt1D:
     def default_hyperparameters() -> dict[str, float]:
         """BoTorch's initial values (the prior modes) of a fresh Matérn ``SingleTaskGP``."""
         x = torch.tensor([[0.0], [1.0]], dtype=_DOUBLE)
-        model = _new_model(x, torch.tensor([[0.0], [1.0]], dtype=_DOUBLE))
-        return _read_hypers(model)
+        model = new_model(x, torch.tensor([[0.0], [1.0]], dtype=_DOUBLE))
+        return read_hypers(model)
 
     # -------------------------------------------------------------- ask/tell
     def observe(self, x: float, y: float, weight: float = 1.0, learn_noise: bool = True,
@@ -335,21 +315,11 @@ class BayesOpt1D:
         if self.refit != "every" and s.new_since_fit < int(self.refit):
             return
         s.new_since_fit, s.n_fits = 0, s.n_fits + 1
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._gen))
-        kwargs = {} if self.fit_maxiter is None else {"optimizer_kwargs": {"options": {"maxiter": self.fit_maxiter}}}
-        try:
-            model = _new_model(x[:, None], y_neg[:, None], s.hypers)
-            mll = ExactMarginalLogLikelihood(model.likelihood, model)
-            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-                torch.manual_seed(seed)
-                warnings.simplefilter("ignore")
-                fit_gpytorch_mll(mll, **kwargs)
-            hypers = _read_hypers(model)
-            if not all(math.isfinite(v) for v in hypers.values()):
-                raise ModelFittingError(f"non-finite hyperparameters {hypers}")
-            s.hypers = hypers
-        except (ModelFittingError, RuntimeError, ValueError):
+        hypers = fit_hyperparameters(x, y_neg, s.hypers, self.fit_maxiter, self._gen)
+        if hypers is None:
             s.fit_failures += 1
+        else:
+            s.hypers = hypers
 
     def _learn_noise(self, x: float, y: float, weight: float, predicted: Suggestion | None) -> None:
         """Update the online noise estimate with the GP's one-step-ahead residual at x.
@@ -376,15 +346,15 @@ class BayesOpt1D:
         """Noise variance per unit weight in standardised units: fitted, or the online estimate."""
         s = self._s
         if self.noise == "online" and s.noise_n >= self.noise_warmup:
-            return min(max(s.noise_var / float(_std(y_neg)) ** 2, 1e-4), 10.0)
+            return min(max(s.noise_var / float(standard_deviation(y_neg)) ** 2, 1e-4), 10.0)
         return s.hypers["noise"]
 
     def _model(self, x: Tensor, y_neg: Tensor, w: Tensor) -> SingleTaskGP:
         """The BoTorch GP of the data; observation noise ``noise / w`` unless every weight is 1."""
         yvar = None
         if self.noise == "online" or not bool((w == 1.0).all()):
-            yvar = (self._noise(y_neg) * _std(y_neg) ** 2 / w)[:, None]
-        model = _new_model(x[:, None], y_neg[:, None], self._s.hypers, yvar)
+            yvar = (self._noise(y_neg) * standard_deviation(y_neg) ** 2 / w)[:, None]
+        model = new_model(x[:, None], y_neg[:, None], self._s.hypers, yvar)
         return model.eval()
 
     def _closed_form(self, x: Tensor, y_neg: Tensor, w: Tensor, at: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -392,20 +362,7 @@ class BayesOpt1D:
 
         The same model as :meth:`_model` (Matérn-5/2, constant mean, Standardize, noise / weight).
         """
-        mean_y, std_y = y_neg.mean(), _std(y_neg)
-        ys = (y_neg - mean_y) / std_y
-        h = self._s.hypers
-        k = _matern52(x, x, h["lengthscale"])
-        k.diagonal().add_(self._noise(y_neg) / w)
-        chol, info = torch.linalg.cholesky_ex(k)
-        if int(info) != 0:
-            return None
-        k_star = _matern52(at, x, h["lengthscale"])
-        coef = torch.cholesky_solve((ys - h["constant"])[:, None], chol)[:, 0]
-        mu = h["constant"] + k_star @ coef
-        v = torch.linalg.solve_triangular(chol, k_star.T, upper=False)
-        var = (1.0 - (v * v).sum(0)).clamp_min(1e-12)
-        return mean_y + std_y * mu, std_y * var.sqrt()
+        return closed_form_posterior(x, y_neg, self._noise(y_neg) / w, at, self._s.hypers)
 
     def _acq_function(self, model: SingleTaskGP, acquisition: str, best_f: Tensor) -> Any:
         if acquisition == "ucb":
@@ -425,7 +382,7 @@ class BayesOpt1D:
             mu, sd = post
             best_f = mu[g:].max() if self.incumbent == "model" else y_neg.max()
             mu, sd = mu[:g], sd[:g]
-            log_ei = _log_ei_helper((mu - best_f) / sd) + sd.log()
+            log_ei = log_expected_improvement((mu - best_f) / sd) + sd.log()
             # "ei" and "logei" share their argmax; the log form is the numerically safe one
             score = mu + math.sqrt(self.ucb_beta) * sd if acquisition == "ucb" else log_ei
             return score, log_ei, (-mu, sd), None
@@ -452,7 +409,7 @@ class BayesOpt1D:
         ``acquisition`` overrides the optimizer's for this call.
         """
         acquisition = acquisition or self.acquisition
-        _check_choice("acquisition", acquisition, _ACQUISITIONS)
+        _check_choice("acquisition", acquisition, ACQUISITIONS)
         taken = torch.tensor([o[0] for o in self.current()] + [float(e) for e in exclude], dtype=_DOUBLE)
         free = torch.ones(self.grid_size, dtype=torch.bool)
         if taken.numel():
@@ -472,31 +429,9 @@ class BayesOpt1D:
         mean, std = (float(moments[0][i]), float(moments[1][i])) if moments is not None else (math.nan, math.nan)
         best = Suggestion(float(self.grid[i]), float(log_ei[i]), mean=mean, std=std)
         if self.acq_optimizer == "optimize_acqf" and built is not None:
-            best = self._refine(self._acq_function(built[0], acquisition, built[1]), taken, best,
-                                float(score[i]), acquisition)
+            best = refine_with_optimize_acqf(self._acq_function(built[0], acquisition, built[1]), taken, best,
+                                             float(score[i]), acquisition, self.min_distance, self._gen)
         return best
-
-    def _refine(self, acq: Any, taken: Tensor, grid_best: Suggestion, grid_score: float,
-                acquisition: str) -> Suggestion:
-        """Polish the grid argmax with BoTorch's ``optimize_acqf``; keep the grid point if it is taken."""
-        bounds = torch.tensor([[0.0], [1.0]], dtype=_DOUBLE)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._gen))
-        try:
-            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-                torch.manual_seed(seed)
-                warnings.simplefilter("ignore")
-                cand, val = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=4, raw_samples=64)
-        except RuntimeError:
-            return grid_best
-        c = float(cand.reshape(-1)[0].clamp(0.0, 1.0))
-        if taken.numel() and float((taken - c).abs().min()) < self.min_distance:
-            return grid_best
-        v = float(val)
-        v = math.log(max(v, 1e-300)) if acquisition == "ei" else v
-        if v < grid_score:
-            return grid_best
-        log_ei = grid_best.log_ei if acquisition == "ucb" else v
-        return Suggestion(c, log_ei)
 
     def _space_filling(self, taken: Tensor, free: Tensor) -> Suggestion:
         """Fallback without a GP: the free grid point farthest from the current batch's points."""
@@ -557,36 +492,3 @@ class BayesOpt1D:
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
-def _std(y: Tensor) -> Tensor:
-    """Standard deviation as BoTorch's ``Standardize`` takes it (unbiased; 1 when degenerate)."""
-    std = y.std() if y.numel() >= 2 else torch.ones((), dtype=y.dtype)
-    return std if bool(std >= 1e-8) else torch.ones((), dtype=y.dtype)
-
-
-def _new_model(x: Tensor, y_neg: Tensor, hypers: dict[str, float] | None = None,
-               yvar: Tensor | None = None) -> SingleTaskGP:
-    """A ``SingleTaskGP`` (Matérn-5/2, dimension-scaled priors, Standardize) on [n, 1] inputs;
-    with ``yvar`` (original units) the observation noise is fixed per point."""
-    model = SingleTaskGP(
-        x,
-        y_neg,
-        train_Yvar=yvar,
-        covar_module=get_covar_module_with_dim_scaled_prior(ard_num_dims=1, use_rbf_kernel=False),
-        outcome_transform=Standardize(m=1),
-    )
-    if hypers is not None:
-        model.covar_module.lengthscale = torch.tensor(hypers["lengthscale"], dtype=_DOUBLE)
-        if yvar is None:
-            model.likelihood.noise = torch.tensor(hypers["noise"], dtype=_DOUBLE)
-        model.mean_module.constant = torch.tensor(hypers["constant"], dtype=_DOUBLE)
-    return model
-
-
-def _read_hypers(model: SingleTaskGP) -> dict[str, float]:
-    return {
-        "lengthscale": float(model.covar_module.lengthscale.detach().reshape(-1)[0]),
-        "noise": float(model.likelihood.noise.detach().reshape(-1)[0]),
-        "constant": float(model.mean_module.constant.detach().reshape(-1)[0]),
-    }

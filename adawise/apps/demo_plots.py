@@ -1,6 +1,6 @@
 """What ``adawise demo`` writes: the per-domain table, ``summary.json``, ``table.md`` and the plots.
 
-Accuracy per domain and α over the stream are :mod:`adawise.logs`' plots; the demo adds one of its
+Accuracy per domain and α over the stream are :mod:`adawise.evaluation.logs`' plots; the demo adds one of its
 own, :func:`plot_objectives_vs_alpha`: label-free objectives and accuracy as functions of α per domain.
 It shows *why* an objective-driven α can trail the best static α: where the objective's minimum and
 the accuracy's maximum sit at different α, minimising the objective picks the wrong model.
@@ -17,16 +17,35 @@ from typing import Any
 
 import torch
 
+from adawise.methods.registry import method_class, registered_methods
+
 __all__ = ["plot_objectives_vs_alpha", "write_report", "check_phenomenon", "static_name"]
 
-#: printed-table order; methods not listed follow in the order they ran
-_ORDER = ("zeroshot", "finetuned", "wiseft-0.2", "wiseft-0.3", "wiseft", "wiseft-0.7", "wiseft-0.8", "ose", "vrf",
-          "dawin", "adawise", "adawise-infomax", "adawise-anchored", "adawise-grid", "oracle")
+def _static_methods() -> dict[float, str]:
+    """Registered methods with a static α, by that α (``zeroshot`` 0, ``finetuned`` 1, ``wiseft`` 0.5)."""
+    out: dict[float, str] = {}
+    for name in registered_methods():
+        a = method_class(name).static_alpha
+        if a is not None:
+            out.setdefault(float(a), name)
+    return out
+
+
+def _tunable_static() -> str:
+    """The registered static method whose α is an option (WiSE-FT): static rows at other αs are named after it."""
+    import inspect
+
+    for name in registered_methods():
+        cls = method_class(name)
+        if cls.static_alpha is not None and "alpha" in inspect.signature(cls).parameters:
+            return name
+    return "alpha"
 
 
 def static_name(alpha: float) -> str:
-    """Registry-style name of static WiSE-FT at ``alpha`` (``zeroshot``, ``wiseft``, ``wiseft-0.3``...)."""
-    return {0.0: "zeroshot", 1.0: "finetuned", 0.5: "wiseft"}.get(alpha, f"wiseft-{alpha:g}")
+    """Registry-style name of static WiSE-FT at ``alpha``: the registered method with that static α
+    (``zeroshot``, ``finetuned``, ``wiseft``), else ``wiseft-<alpha>``."""
+    return _static_methods().get(float(alpha)) or f"{_tunable_static()}-{alpha:g}"
 
 
 def _mean(row: Mapping[str, float], domains: Sequence[str]) -> float:
@@ -36,16 +55,17 @@ def _mean(row: Mapping[str, float], domains: Sequence[str]) -> float:
 def check_phenomenon(acc: Mapping[str, Mapping[str, float]], oracle_alpha: Mapping[str, float], id_domain: str,
                      shifts: Sequence[str]) -> dict[str, Any]:
     """The four properties the world must show (the same tests as the project's external check)."""
-    zs, ft = acc["zeroshot"], acc["finetuned"]
+    zs_name, ft_name, mid_name = static_name(0.0), static_name(1.0), static_name(0.5)
+    zs, ft = acc[zs_name], acc[ft_name]
     gap = ft[id_domain] - zs[id_domain]
     wins = [d for d in shifts if zs[d] > ft[d]]
-    means = {m: _mean(acc[m], shifts) for m in ("zeroshot", "finetuned", "wiseft")}
+    means = {m: _mean(acc[m], shifts) for m in (zs_name, ft_name, mid_name)}
     span = max(oracle_alpha.values()) - min(oracle_alpha.values())
     return {
         "finetuned_minus_zeroshot_id": {"value": gap, "pass": gap >= 0.10},
         "zeroshot_wins_on_shifts": {"value": wins, "pass": len(wins) >= 3},
         "wiseft_beats_endpoints_on_shift_mean": {
-            "value": means, "pass": means["wiseft"] > max(means["zeroshot"], means["finetuned"])},
+            "value": means, "pass": means[mid_name] > max(means[zs_name], means[ft_name])},
         "oracle_alpha_span": {"value": span, "pass": span >= 0.4},
     }
 
@@ -69,7 +89,7 @@ def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mappin
                  summary_path: Path | None = None) -> dict[str, Any]:
     """Print the table and checks; write ``table.md`` and the PNG plots into ``out``, the summary into
     ``summary_path`` (default ``out/summary.json``)."""
-    from adawise.logs import format_table, plot_accuracy, plot_alpha
+    from adawise.evaluation.logs import format_table, plot_accuracy, plot_alpha
 
     t0 = time.perf_counter()
     # a stream whose batches mix domains is reported per sample domain (its batches are all "mixed")
@@ -81,20 +101,20 @@ def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mappin
     accuracy = {name: dict(r.per_domain) for name, r in results.items()}
     for i, a in enumerate(sweep.alphas):  # static WiSE-FT from the sweep (endpoints too, unless run)
         accuracy.setdefault(static_name(a), {d: static[d][i] for d in domains})
-    listed = [m for m in _ORDER if m in accuracy] + [m for m in results if m not in _ORDER]
+    # rows: the methods in the order they ran (the registry's), then the sweep's other static αs
+    listed = list(results) + [static_name(a) for a in sweep.alphas if static_name(a) not in results]
     best_static = max((static_name(a) for a in sweep.alphas), key=lambda m: _mean(accuracy[m], shifts)) \
         if shifts else None
-    if best_static and best_static not in listed:
-        listed.insert(listed.index("wiseft") + 1 if "wiseft" in listed else 0, best_static)
     rows = {m: accuracy[m] for m in listed}
+    bounds = [m for m in results if method_class(m).uses_labels]
     objectives = {n: {d: _domain_means(sweep, n, d) for d in dict.fromkeys(sweep.domains)} for n in sweep.objectives}
 
     say()
-    say(format_table(rows, domains, id_domain=id_domain))
+    say(format_table(rows, domains, id_domain=id_domain, upper_bounds=bounds))
     say("oracle α per domain (upper bound): " + ", ".join(f"{d} {a:g}" for d, a in oracle_alpha.items()))
     if best_static:
         say(f"best static α on the shift mean: {best_static} ({100 * _mean(accuracy[best_static], shifts):.1f} %)")
-    needed = {"zeroshot", "finetuned", "wiseft"} <= set(accuracy)
+    needed = {static_name(0.0), static_name(1.0), static_name(0.5)} <= set(accuracy)
     checks = check_phenomenon(accuracy, oracle_alpha, id_domain, shifts) if shifts and needed else {}
     for key, res in checks.items():
         say(f"  [{'PASS' if res['pass'] else 'FAIL'}] {key}: {res['value']}")
@@ -110,7 +130,7 @@ def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mappin
         "objectives_vs_alpha": objectives,
         "best_static": best_static,
         "phenomenon": checks,
-        "upper_bounds": ["oracle"],
+        "upper_bounds": bounds,
         "order": stream.spec.order,
         "setting": args.setting,
         "per_domain": args.per_domain,
@@ -124,11 +144,13 @@ def write_report(out: Path, world: Any, stream: Any, sweep: Any, results: Mappin
         "load_average": list(os.getloadavg()),
     }
     (out / "table.md").write_text(
-        format_table(rows, domains, id_domain=id_domain, fmt="markdown") + "\n\n"
+        format_table(rows, domains, id_domain=id_domain, upper_bounds=bounds, fmt="markdown") + "\n\n"
         + "oracle α per domain (upper bound): " + ", ".join(f"{d} {a:g}" for d, a in oracle_alpha.items()) + "\n")
-    plot_accuracy(rows, out / "accuracy.png", domains=domains)
+    plot_accuracy(rows, out / "accuracy.png", domains=domains, upper_bounds=bounds,
+                  families={m: method_class(m).family for m in results})
+    # adaptive α only: static αs are flat lines, a label-using bound is drawn as the oracle's steps
     series = {n: r.alphas for n, r in results.items() if any(a is not None for a in r.alphas)
-              and n not in ("zeroshot", "finetuned", "wiseft", "oracle")}  # oracle: the dashed steps
+              and method_class(n).static_alpha is None and n not in bounds}
     if series:
         plot_alpha(series, sweep.domains, out / "alpha.png", oracle_alpha=sweep.oracle_alphas())
     batch_static = {d: acc.tolist() for d, acc in sweep.accuracy_per_domain(per_sample=False).items()}
@@ -159,7 +181,7 @@ def plot_objectives_vs_alpha(alphas: Sequence[float], accuracy: Mapping[str, Seq
         path: PNG file to write.
         domains: panels to draw (default: every domain of ``accuracy``).
     """
-    from adawise.logs import _pyplot
+    from adawise.evaluation.logs import _pyplot
 
     plt = _pyplot()
     domains = list(domains or accuracy)

@@ -1,5 +1,5 @@
 """Merging a sweep's logs: mean ± std over seeds per model/stream/setting, method and domain, written as
-``sweep.md``, ``sweep.json`` and ``sweep.png`` (see :mod:`adawise.sweep`, which calls :func:`merge` at the
+``sweep.md``, ``sweep.json`` and ``sweep.png`` (see :mod:`adawise.apps.sweep`, which calls :func:`merge` at the
 end of every sweep)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adawise.logs import domain_counts, render_table
+from adawise.evaluation.logs import domain_counts, render_table
 
 if TYPE_CHECKING:
-    from adawise.sweep import Run
+    from adawise.apps.sweep_config import Run
 
 __all__ = ["merge", "format_merged", "plot_merged"]
 
@@ -36,7 +36,7 @@ def merge(runs: Sequence[Run], out: str | os.PathLike, id_domain: str | None = N
     same sweep merge to equal dicts) plus ``"paths"``; with ``write`` also ``sweep.md``, ``sweep.json``
     (with timings) and ``sweep.png`` under ``out``.
     """
-    from adawise.logs import read_run
+    from adawise.evaluation.logs import read_run
 
     rows, missing, timing = [], [], {}
     for run in runs:
@@ -132,7 +132,7 @@ def format_merged(merged: Mapping[str, Any], id_domain: str | None = None) -> st
 
 def plot_merged(groups: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """``sweep.png``: per model/stream/setting, accuracy per domain and method, error bars over seeds."""
-    from adawise.logs import _pyplot, save_figure
+    from adawise.evaluation.logs import _pyplot, save_figure
 
     plt = _pyplot()
     fig, axes = plt.subplots(len(groups), 1, figsize=(11, 3.4 * len(groups)), squeeze=False)

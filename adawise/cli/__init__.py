@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 import warnings
@@ -21,12 +20,12 @@ from adawise.errors import AdawiseError, one_line
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("adawise.demo", "run every method on the bundled embedded world (no downloads)"),
-    "run": ("adawise.run_cmd", "run methods on an ImageNet-R / ImageNet-C stream with your own weights"),
-    "report": ("adawise.report", "tables and plots from run logs (JSONL)"),
-    "vrf-index": ("adawise.vrf_cli", "build VRF's Zero-Shot-Failure index"),
+    "demo": ("adawise.apps.demo", "run every method on the bundled embedded world (no downloads)"),
+    "run": ("adawise.apps.run_cmd", "run methods on an ImageNet-R / ImageNet-C stream with your own weights"),
+    "report": ("adawise.apps.report", "tables and plots from run logs (JSONL)"),
+    "vrf-index": ("adawise.apps.vrf_index", "build VRF's Zero-Shot-Failure index"),
     "show-corruptions": ("streams.corruptions_cli", "PNG grid of the 15 corruptions x 5 severities"),
-    "sweep": ("adawise.sweep", "grid of runs (methods x streams x settings x seeds), on Ray or locally"),
+    "sweep": ("adawise.apps.sweep", "grid of runs (methods x streams x settings x seeds), on Ray or locally"),
 }
 
 
@@ -48,13 +47,11 @@ def guarded(prog: str, main: Callable[..., Any], *args: Any) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per available command."""
+    """The top-level parser with one sub-parser per command."""
     parser = ArgumentParser(prog="adawise", description="Test-time adaptation of weight-space ensembles.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(module) is None:
-            continue
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
     return parser
 
@@ -71,9 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args.command is None else 2
     name = argv[0]
     module_name, help_text = COMMANDS[name]
-    if importlib.util.find_spec(module_name) is None:
-        print(f"adawise {name}: not built yet in this version", file=sys.stderr)
-        return 2
     module = importlib.import_module(module_name)
     sub = ArgumentParser(prog=f"adawise {name}", description=help_text,
                          epilog=getattr(module, "EPILOG", None), formatter_class=argparse.RawDescriptionHelpFormatter)

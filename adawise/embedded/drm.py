@@ -3,7 +3,7 @@
 Fine-tuning minimises the empirical risk of the usual ("default prompt") head plus ``λ`` times a worst-case
 risk estimated from *core-feature* zero-shot predictions: the zero-shot model's prediction with a head
 built from text descriptions of each class's defining features (DRM's "concept descriptions", one prompt
-per class; here :data:`~adawise.models.embedded_train.CORE_DESCRIPTIONS`, written by hand).
+per class; here :data:`~adawise.embedded.train.CORE_DESCRIPTIONS`, written by hand).
 
 - core-feature head (:func:`core_feature_head`): one description per class through the text tower,
   L2-normalised, times ``logit_scale.exp()`` (as DRM's ``get_zeroshot_classifier`` does for its
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adawise.embedded.train import split_decay, train_epochs
 from adawise.models.clip import CLIPClassifier, zeroshot_head
-from adawise.models.embedded_train import split_decay, train_epochs
 
 __all__ = ["core_feature_head", "worst_case_risk", "drm_loss", "combine_heads", "drm_finetune"]
 
@@ -79,7 +79,7 @@ def drm_finetune(zeroshot: CLIPClassifier, core_head: Tensor, images: Tensor, la
         core_head: [C, D] the core-feature zero-shot head (:func:`core_feature_head`) of the same CLIP.
         images: [N, 3, H, W] in [0, 1]; ``labels`` [N].
         recipe: ``finetune_epochs``, ``finetune_batch``, ``finetune_lr``, ``weight_decay``, ``seed``,
-            ``drm_lambda``, ``drm_beta`` of :class:`~adawise.models.embedded.EmbeddedRecipe`.
+            ``drm_lambda``, ``drm_beta`` of :class:`~adawise.embedded.world.EmbeddedRecipe`.
 
     Returns:
         A :class:`CLIPClassifier` (zero-shot keys; head = β·default + (1-β)·core) and
