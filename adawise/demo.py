@@ -103,6 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: --recipe's own endpoint, e2e unless it names another)")
     parser.add_argument("--data", default=None, help="Fashion-MNIST directory (default: the Debian package's)")
     parser.add_argument("--retrain", action="store_true", help="train the world again even if it is cached")
+    parser.add_argument("--no-shipped", action="store_true",
+                        help="train the world (about 10 minutes) even when the package ships its weights")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stream and of the runs")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on 2 cores shared with other work, two threads "
@@ -387,9 +389,11 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
     seconds: dict[str, float] = {}
     started = t = time.perf_counter()
 
-    world = load_embedded(recipe, data=args.data, retrain=retrain, progress=progress)
+    world = load_embedded(recipe, data=args.data, retrain=retrain, progress=progress,
+                          shipped=not getattr(args, "no_shipped", False))
     seconds["world"] = time.perf_counter() - t
-    how = "trained" if world.info.get("trained") else "loaded from cache"
+    how = ("trained" if world.info.get("trained") else
+           "loaded from the shipped weights" if world.info.get("shipped") else "loaded from cache")
     _say(f"embedded world {world.key} ({world.recipe.name}, endpoint {world.recipe.endpoint}) {how} in "
          f"{seconds['world']:.1f} s: {world.cache_dir}")
 
