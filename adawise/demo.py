@@ -1,7 +1,8 @@
 """``adawise demo``: every method on the embedded world's continual stream, with a table and plots.
 
-Builds (first run, about 9 minutes on 2 CPU cores) or loads the embedded world
-(:mod:`adawise.models.embedded`), streams the clean test domain followed by a continual sequence of
+Loads the embedded world (:mod:`adawise.models.embedded`; on a first run from the weights the package
+ships, :mod:`adawise.models.shipped`, or trained, about 10 minutes on 2 CPU cores, with ``--no-shipped``
+or when they do not match the code), streams the clean test domain followed by a continual sequence of
 shifts (:mod:`streams.shifts`), sweeps the stream once over an α grid, runs each method through
 :func:`adawise.run_stream` and writes to ``--out``: ``<method>.jsonl`` logs, ``summary.json``,
 ``table.md`` and PNG plots (accuracy per domain, α over the stream, objectives and accuracy vs α).

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from adawise.models import shipped as ship  # noqa: E402
-from adawise.models.embedded import EmbeddedRecipe, cache_root, load_embedded  # noqa: E402
+from adawise.models.embedded import cache_root, load_embedded  # noqa: E402
 
 
 def _train(recipe: str, cache: Path, progress: bool) -> tuple[Any, float]:
@@ -80,7 +80,8 @@ def check(manifest: dict[str, Any], world: Any, zsf: Path, tiny: dict[str, Any])
     pre_doc = json.loads((pre_dir / "pretrained.json").read_text())
     ok = all([_compare(f"{name} weights", doc["weights_hash"][name], entry["world_doc"]["weights_hash"][name])
               for name in ("clip", "zeroshot", "finetuned")])
-    ok &= _compare("pretrained CLIP weights", pre_doc["weights_hash"]["clip"], entry["pretrained_doc"]["weights_hash"]["clip"])
+    ok &= _compare("pretrained CLIP weights", pre_doc["weights_hash"]["clip"],
+                   entry["pretrained_doc"]["weights_hash"]["clip"])
     if "zsf.safetensors" in entry["files"]:
         from adawise.zsf import ZSFIndex
 

@@ -24,7 +24,9 @@ corrupt cache is rebuilt with a warning: damaged weights (their recorded hashes)
 / ``pretrained.json`` (its own ``doc_hash``, which covers the training figures in ``info``; caches written
 before it existed carry none and are read as they are), or a file or symlink where the folder belongs.
 Folders are created with the umask's mode (0755 typically), so a shared cache works for every user who
-may read it; a build holds a lock, so two processes never build one world at once.
+may read it; a build holds a lock, so two processes never build one world at once. A world missing from the
+cache whose weights the package ships (the default one) is copied from them instead of trained, after
+checking their SHA-256 and the hash of the code that made them (:mod:`adawise.models.shipped`).
 """
 
 from __future__ import annotations

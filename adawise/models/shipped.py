@@ -51,9 +51,9 @@ from typing import Any
 from adawise.models.checkpoints import default_mode, load_checkpoint, save_state_dict, weights_hash
 from adawise.models.embedded import _doc_hash, _remove
 
-__all__ = ["WEIGHT_MODULES", "UNWEIGHTED_IMPORTS", "SHIPPED_ROOT", "MARKER", "code_hash", "source_hash", "read_manifest",
-           "ShippedEntry", "shipped_entry", "materialise", "is_materialised", "export_world", "write_manifest",
-           "file_sha256"]
+__all__ = ["WEIGHT_MODULES", "UNWEIGHTED_IMPORTS", "SHIPPED_ROOT", "MARKER", "code_hash", "source_hash",
+           "read_manifest", "ShippedEntry", "shipped_entry", "materialise", "is_materialised", "export_world",
+           "write_manifest", "file_sha256"]
 
 log = logging.getLogger(__name__)
 
