@@ -182,6 +182,7 @@ def test_shipped_weights_load_equal_to_the_trained_ones_and_fill_the_cache(train
     monkeypatch.setenv("ADAWISE_CACHE", str(tmp_path / "cache"))
     world = load_embedded("tiny", progress=False, shipped=shipped_tiny)
     assert world.info["shipped"] is True and world.info["trained"] is False
+    assert world.data_root == trained[0].data_root  # the Fashion-MNIST folder, not the shipped one
     assert _hashes(world) == _hashes(trained[0])
     assert torch.equal(world.finetuned.head.weight, trained[0].finetuned.head.weight)
     pre = cache_root() / f"pretrained-{world.info['pretrained_key']}"

@@ -596,8 +596,8 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
             warnings.warn(f"embedded world cache at {directory} is unusable ({err}); rebuilding it", stacklevel=2)
     if loaded is None and not retrain and shipped is not False:
         with _building(directory), _building(pretrained_dir):
-            root = ship.SHIPPED_ROOT if shipped is True else Path(shipped)
-            if ship.materialise(key, directory, pretrained_dir, root):
+            shipped_root = ship.SHIPPED_ROOT if shipped is True else Path(shipped)
+            if ship.materialise(key, directory, pretrained_dir, shipped_root):
                 clip, tokenizer, models, doc = _read_dir(directory, recipe, key, _FILES, "recipe.json")
                 loaded = (clip, tokenizer, models["zeroshot"], models["finetuned"], {**doc["info"], "shipped": True})
     if loaded is None and not train:
