@@ -1,7 +1,8 @@
 """``adawise demo``: every method on the embedded world's continual stream, with a table and plots.
 
-Builds (first run, about 9 minutes on 2 CPU cores) or loads the embedded world
-(:mod:`adawise.embedded.world`), streams the clean test domain followed by a continual sequence of
+Loads the embedded world (:mod:`adawise.embedded.world`; on a first run from the weights the package
+ships, :mod:`adawise.embedded.shipped`, or trained, about 10 minutes on 2 CPU cores, with ``--no-shipped``
+or when they do not match the code), streams the clean test domain followed by a continual sequence of
 shifts (:mod:`streams.shifts`), sweeps the stream once over an α grid, runs each method through
 :func:`adawise.run_stream` and writes to ``--out``: ``<method>.jsonl`` logs, ``summary.json``,
 ``table.md`` and PNG plots (accuracy per domain, α over the stream, objectives and accuracy vs α).
@@ -103,6 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: --recipe's own endpoint, e2e unless it names another)")
     parser.add_argument("--data", default=None, help="Fashion-MNIST directory (default: the Debian package's)")
     parser.add_argument("--retrain", action="store_true", help="train the world again even if it is cached")
+    parser.add_argument("--no-shipped", action="store_true",
+                        help="train the world (about 10 minutes) even when the package ships its weights")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stream and of the runs")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on 2 cores shared with other work, two threads "
@@ -375,9 +378,11 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
     seconds: dict[str, float] = {}
     started = t = time.perf_counter()
 
-    world = load_embedded(recipe, data=args.data, retrain=retrain, progress=progress)
+    world = load_embedded(recipe, data=args.data, retrain=retrain, progress=progress,
+                          shipped=not getattr(args, "no_shipped", False))
     seconds["world"] = time.perf_counter() - t
-    how = "trained" if world.info.get("trained") else "loaded from cache"
+    how = ("trained" if world.info.get("trained") else
+           "loaded from the shipped weights" if world.info.get("shipped") else "loaded from cache")
     _say(f"embedded world {world.key} ({world.recipe.name}, endpoint {world.recipe.endpoint}) {how} in "
          f"{seconds['world']:.1f} s: {world.cache_dir}")
 

@@ -24,7 +24,9 @@ corrupt cache is rebuilt with a warning: damaged weights (their recorded hashes)
 / ``pretrained.json`` (its own ``doc_hash``, which covers the training figures in ``info``; caches written
 before it existed carry none and are read as they are), or a file or symlink where the folder belongs.
 Folders are created with the umask's mode (0755 typically), so a shared cache works for every user who
-may read it; a build holds a lock, so two processes never build one world at once.
+may read it; a build holds a lock, so two processes never build one world at once. A world missing from the
+cache whose weights the package ships (the default one) is copied from them instead of trained, after
+checking their SHA-256 and the hash of the code that made them (:mod:`adawise.embedded.shipped`).
 """
 
 from __future__ import annotations
@@ -284,7 +286,8 @@ def _pretrained(recipe: EmbeddedRecipe, fingerprint: str, splits: dict[str, tupl
 
 def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.PathLike | None = None,
                   cache_dir: str | os.PathLike | None = None, retrain: bool | str = False,
-                  progress: bool = True, train: bool = True) -> EmbeddedWorld:
+                  progress: bool = True, train: bool = True, shipped: bool | str | os.PathLike = True
+                  ) -> EmbeddedWorld:
     """The embedded world: trained on first use (with progress bars), then loaded from the cache.
 
     Args:
@@ -300,6 +303,10 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
         progress: show progress bars while training.
         train: ``False``: load only (benchmarks that must never train); a missing or unusable cache
             raises :class:`FileNotFoundError` instead of training.
+        shipped: ``True``: when the cache lacks the world, use the weights shipped with the package if their
+            key and code hash match and every file hashes as recorded (:mod:`adawise.embedded.shipped`; copied
+            into the cache), else train; ``False``: never (a cache entry copied from them is trained again);
+            a folder: shipped weights from there instead of the package's (tests).
 
     Returns:
         An :class:`EmbeddedWorld` with ``zeroshot``, ``finetuned`` (the recipe's endpoint), ``test_images``,
@@ -319,6 +326,12 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
     splits = {"pretrain": (train_x[:p], train_y[:p]), "finetune": (train_x[p : p + f], train_y[p : p + f]),
               "holdout": (train_x[-h:], train_y[-h:])}
 
+    from adawise.embedded import shipped as ship
+
+    pretrained_dir = cache_root() / f"pretrained-{pretrain_key(recipe, fingerprint)}"
+    if shipped is False and not retrain and ship.is_materialised(directory, pretrained_dir):
+        log.warning("shipped weights not wanted: the cache of world %s holds a copy of them, training it", key)
+        retrain = True
     loaded = None
     if not retrain and directory.exists():
         try:
@@ -327,6 +340,12 @@ def load_embedded(recipe: EmbeddedRecipe | str | None = "full", data: str | os.P
             log.info("embedded world %s loaded from %s", key, directory)
         except Exception as err:  # noqa: BLE001 - any defect of the cache means: rebuild it
             warnings.warn(f"embedded world cache at {directory} is unusable ({err}); rebuilding it", stacklevel=2)
+    if loaded is None and not retrain and shipped is not False:
+        with _building(directory), _building(pretrained_dir):
+            shipped_root = ship.SHIPPED_ROOT if shipped is True else Path(shipped)
+            if ship.materialise(key, directory, pretrained_dir, shipped_root):
+                clip, tokenizer, models, doc = _read_dir(directory, recipe, key, _FILES, "recipe.json")
+                loaded = (clip, tokenizer, models["zeroshot"], models["finetuned"], {**doc["info"], "shipped": True})
     if loaded is None and not train:
         raise FileNotFoundError(f"embedded world {key} (recipe {recipe.name}, endpoint {recipe.endpoint}) is not "
                                 f"cached in {directory}; build it once with `adawise demo` (or load_embedded())")
