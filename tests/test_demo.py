@@ -233,3 +233,35 @@ def test_mixed_dirichlet_demo_reports_every_domain(demo_run, tmp_path):
             counts[d] = counts.get(d, 0) + n
     assert counts == {"clean": 48, "invert": 48, "gaussian_noise": 48}
     assert "schedule mixed" in printed
+
+
+def test_workers_change_no_record(demo_run, tmp_path):
+    """``--workers 2`` (methods side by side in forked processes) writes the same records and summary as one
+    process: the same figures (the config hashes differ only through ``--out``; ``--workers`` is not part of a
+    run's config)."""
+    out, summary, _ = demo_run
+    methods = "zeroshot,adawise,adawise-windowed,tent,tda"
+    one, two = tmp_path / "one", tmp_path / "two"
+    _tiny_demo(out.parent, one, "--methods", methods, "--workers", "1")
+    printed = _tiny_demo(out.parent, two, "--methods", methods, "--workers", "2")
+    assert "(worker)" in printed  # the methods that run on their own did run in workers
+
+    def records(folder, name):
+        lines = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items()
+                 if not k.startswith("seconds") and k not in ("started", "config", "config_hash")} for r in lines]
+
+    for name in methods.split(","):
+        assert records(one, name) == records(two, name), name
+    header = json.loads((two / "zeroshot.jsonl").read_text().splitlines()[0])
+    assert "workers" not in header["config"]
+    first, second = (json.loads((f / "summary.json").read_text()) for f in (one, two))
+    for key in ("accuracy", "per_domain", "alphas", "mean_shifts", "static_accuracy", "oracle_alpha"):
+        assert first[key] == second[key], key
+
+
+def test_workers_must_be_positive(tmp_path, capsys):
+    from adawise.cli import main
+
+    code = main(["demo", "--recipe", "tiny", "--out", str(tmp_path / "out"), "--workers", "0", "--no-progress"])
+    assert code == 2 and "--workers" in capsys.readouterr().err

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on 2 cores shared with other work, two threads "
                              "ran up to 10x slower; 0 keeps torch's default)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that run the methods side by side, one torch thread each (default: one per "
+                             "CPU core, at most 4; 1 runs them one after the other; figures are identical either way)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -258,6 +263,8 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     check.integer(args.batch_size, "--batch-size", minimum=1)
     check.integer(args.seed, "--seed", minimum=0, maximum=2**63 - 1)
     check.integer(args.threads, "--threads", minimum=0)
+    if getattr(args, "workers", None) is not None:
+        check.integer(args.workers, "--workers", minimum=1, maximum=64)
     known = registered_methods()
     names = [n.strip() for n in args.methods.split(",") if n.strip()] if args.methods else list(known)
     unknown = sorted(set(names) - set(known))
@@ -404,10 +411,26 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
     _say(f"α sweep over {len(sweep.alphas)} αs: {seconds['sweep']:.1f} s")
 
     # the run logs' config: the options (--recipes only when given) and the world, with the endpoint if chosen
-    config = {k: v for k, v in vars(args).items() if k != "func" and not (k == "recipes" and v is None)}
+    # (--workers changes how the methods are scheduled, never a figure: not part of the config, so a resume
+    # with another --workers continues the same logs)
+    config = {k: v for k, v in vars(args).items()
+              if k not in ("func", "workers") and not (k == "recipes" and v is None)}
     config |= {"world": world.key} | ({"endpoint": endpoint} if endpoint else {})
-    results = {}
+    results: dict[str, Any] = {}
+    own = [n for n in names if _replay(n, sweep, record) is None]
+    workers = _workers(args, len(own))
+    if workers > 1:  # the methods that run on their own, side by side in forked processes (one thread each)
+        global _JOB
+        _JOB = (world, args, record, stream, config, out)
+        context = multiprocessing.get_context("fork")
+        with context.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for name, result, spent in pool.imap_unordered(_run_own, own, chunksize=1):
+                results[name], seconds[name] = result, spent
+                _say(f"  {name:18s} {100 * result.accuracy:5.1f} %  {spent:6.1f} s (worker)")
+        _JOB = None
     for name in names:
+        if name in results:
+            continue
         t = time.perf_counter()
         method = _replay(name, sweep, record) or _build(name, world, args, record)
         results[name] = run_stream(method, stream, log=out / f"{name}.jsonl", setting=args.setting, seed=args.seed,
@@ -416,8 +439,37 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
         how = (" (replayed from the sweep)" if isinstance(method, _Replay)
                else " (endpoint logits from the sweep)" if method_class(name).output_ensemble else "")
         _say(f"  {name:18s} {100 * results[name].accuracy:5.1f} %  {seconds[name]:6.1f} s{how}")
+    results = {name: results[name] for name in names}
     seconds["total"] = time.perf_counter() - started
     return write_report(out, world, stream, sweep, results, seconds, args, say=_say, summary_path=summary_path)
+
+
+#: what a forked worker runs on (the world, the options, the sweep, the stream, the log config, the folder),
+#: set by the parent just before it forks and inherited by the workers
+_JOB: tuple[Any, ...] | None = None
+
+
+def _workers(args: argparse.Namespace, jobs: int) -> int:
+    """How many worker processes run the methods: ``--workers``, else one per CPU core (at most 4); 1 when
+    there is one job or fewer, or when torch runs on several threads or has initialised CUDA (no fork then)."""
+    wanted = getattr(args, "workers", None)
+    if wanted is None:
+        wanted = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if jobs <= 1 or torch.get_num_threads() != 1 or torch.cuda.is_initialized():
+        return 1
+    return max(1, min(int(wanted), jobs))
+
+
+def _run_own(name: str) -> tuple[str, Any, float]:
+    """In a worker: run ``name`` on the demo's stream (as the parent would, without a progress bar)."""
+    from adawise.evaluation.loop import run_stream
+
+    assert _JOB is not None, "_run_own runs in a worker forked by _run_world"
+    world, args, record, stream, config, out = _JOB
+    t = time.perf_counter()
+    result = run_stream(_build(name, world, args, record), stream, log=out / f"{name}.jsonl", setting=args.setting,
+                        seed=args.seed, config=config, progress=False)
+    return name, result, time.perf_counter() - t
 
 
 def main(args: argparse.Namespace) -> int:
