@@ -490,7 +490,8 @@ def _seed_table(per_seed: dict[int, dict[str, Any]], key: str) -> str:
     for name in names:
         cells = []
         for c in cols:
-            vals = [per_seed[sd]["tables"][key][c][name] for sd in seeds if name in per_seed[sd]["tables"][key][c]]
+            vals = [per_seed[sd]["tables"][key][c][name] for sd in seeds
+                    if name in per_seed[sd]["tables"][key].get(c, {})]
             if not vals:
                 cells.append("-")
                 continue
@@ -580,7 +581,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_seed = {sw: run_lab(args, sw) for sw in [int(x) for x in args.seed_worlds.split(",")]}
     out: dict[str, Any] = per_seed[min(per_seed)] if len(per_seed) == 1 else {"seeds": per_seed}
     if len(per_seed) > 1:
-        for key in per_seed[min(per_seed)]["tables"]:
+        # the tables every world has (a run may cover fewer settings or batch sizes than another)
+        for key in [k for k in per_seed[min(per_seed)]["tables"] if all(k in d["tables"] for d in per_seed.values())]:
             print(f"\n{key}: shift mean %, mean ± sd over worlds (min Δ: the smallest margin over the best "
                   "static α of the same world)\n" + _seed_table(per_seed, key), flush=True)
     out["seconds_total"] = time.perf_counter() - t0
