@@ -83,7 +83,7 @@ def check(manifest: dict[str, Any], world: Any, zsf: Path, tiny: dict[str, Any])
     ok &= _compare("pretrained CLIP weights", pre_doc["weights_hash"]["clip"],
                    entry["pretrained_doc"]["weights_hash"]["clip"])
     if "zsf.safetensors" in entry["files"]:
-        from adawise.zsf import ZSFIndex
+        from adawise.methods.zsf import ZSFIndex
 
         shipped_zsf = ZSFIndex.load(ship.SHIPPED_ROOT / world.key / "zsf.safetensors")
         ok &= _compare("VRF index features", bool(torch.equal(ZSFIndex.load(zsf).features, shipped_zsf.features)), True)
