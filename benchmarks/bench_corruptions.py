@@ -30,30 +30,20 @@ e.g. ``benchmarks/results/corruptions_cpu.json``) and the target is 50x.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import _one_thread  # noqa: F401  (first: one BLAS thread before numpy/torch load; the repo on sys.path)
+import numpy as np
+import torch
+from _timing import environment, sync
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _timing import environment, sync  # noqa: E402
-
-from streams.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
+from streams.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 PIL_REFERENCES = frozenset({"jpeg_compression", "pixelate"})
 

@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         name = "adawise" if objective == "entropy" else f"adawise-{objective}"
         runs.append((name, lambda o=objective: AdaWiSE(zs, ft, objective=o)))
         for lr in (float(v) for v in args.lrs.split(",")):
-            runs.append((f"{name} + tent lr={lr:g}", lambda o=objective, lr=lr: AdaWiSETent(zs, ft, lr=lr, objective=o)))
+            runs.append((f"{name} + tent lr={lr:g}",
+                         lambda o=objective, lr=lr: AdaWiSETent(zs, ft, lr=lr, objective=o)))
     out: dict[str, Any] = {"stream": args.stream, "order": args.order, "setting": args.setting, "results": {}}
     print(f"{'method':36s} {'clean':>6s} {'shifts':>6s}  per shift", flush=True)
     for label, build in runs:

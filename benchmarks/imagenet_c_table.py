@@ -14,30 +14,19 @@ photographs and for adawise's texture bank. Needs the ``[reference]`` extra.
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+from pathlib import Path
+from typing import Any
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import _one_thread  # noqa: F401  (first: one BLAS thread before numpy/torch load; the repo on sys.path)
+import numpy as np
+import torch
+from _timing import environment
+from imagenet_c_reference import REFERENCE_SOURCE, bundled_photos, psnr, reference_function
+from test_corruptions_reference import REFERENCE_DRAWS
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _timing import environment  # noqa: E402
-from imagenet_c_reference import REFERENCE_SOURCE, bundled_photos, psnr, reference_function  # noqa: E402
-from test_corruptions_reference import REFERENCE_DRAWS  # noqa: E402
-
-from streams.corruptions import CORRUPTIONS, RANDOM_CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
+from streams.corruptions import CORRUPTIONS, RANDOM_CORRUPTIONS, SEVERITIES, corrupt
 
 
 def measure(name: str, photos: np.ndarray, scale: int, **options: Any) -> list[dict[str, float]]:

@@ -13,32 +13,21 @@ reference is out of reach for the float32 contract even with ideal conversions.
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
+import time
+import warnings
+from typing import Any
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import _one_thread  # noqa: F401  (first: one BLAS thread before numpy/torch load; the repo on sys.path)
+import numba
+import numpy as np
+import torch
+from bench_corruptions import test_images
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_corruptions import test_images  # noqa: E402
-
-from streams import _jpeg, _pixelate  # noqa: E402
-from streams.corruptions import _empty, corrupt  # noqa: E402
+from streams import _jpeg, _pixelate
+from streams.corruptions import _empty, corrupt
 
 GROUP = 13  # images per group, as corrupt uses for these two on float32 batches
 
