@@ -417,7 +417,8 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
               if k not in ("func", "workers") and not (k == "recipes" and v is None)}
     config |= {"world": world.key} | ({"endpoint": endpoint} if endpoint else {})
     results: dict[str, Any] = {}
-    own = [n for n in names if _replay(n, sweep, record) is None]
+    replays = {name: _replay(name, sweep, record) for name in names}  # None: the method runs on its own
+    own = [name for name in names if replays[name] is None]
     workers = _workers(args, len(own))
     if workers > 1:  # the methods that run on their own, side by side in forked processes (one thread each)
         global _JOB
@@ -432,7 +433,7 @@ def _run_world(args: argparse.Namespace, recipe: Any, out: Path, summary_path: P
         if name in results:
             continue
         t = time.perf_counter()
-        method = _replay(name, sweep, record) or _build(name, world, args, record)
+        method = replays[name] or _build(name, world, args, record)
         results[name] = run_stream(method, stream, log=out / f"{name}.jsonl", setting=args.setting, seed=args.seed,
                                    config=config, progress=progress)
         seconds[name] = time.perf_counter() - t
