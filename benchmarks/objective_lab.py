@@ -276,12 +276,15 @@ def _strided(start: int, n: int, k: int) -> Tensor:
     return torch.arange(start, start + n)[:: max(n // k, 1)][:k]
 
 
-def _interpolated(s: LabStream, rows: Tensor, centre: int) -> Tensor:
+def _interpolated(s: LabStream, rows: Tensor, centre: int, ends: str = "both") -> Tensor:
     """The window's view of θ(α) on ``rows``: logits through (0, centre, 1), quadratic in α (linear when
-    the centre is an endpoint), as :class:`adawise.core.objectives.ProportionWindow` computes them: [A, k, C]."""
+    the centre is an endpoint), as :class:`adawise.core.objectives.ProportionWindow` computes them; with
+    ``ends="zero"``, linear through (0, centre) only (no α = 1 logits): [A, k, C]."""
     a = torch.tensor(s.alphas, dtype=s.logp.dtype).view(-1, 1, 1)
     c = float(s.alphas[centre])
     z0, zc, z1 = s.logp[0, rows], s.logp[centre, rows], s.logp[-1, rows]
+    if ends == "zero":
+        return z0 + (a / c) * (zc - z0) if c > 1e-3 else z0.expand(len(a), *z0.shape)
     if c <= 1e-3 or c >= 1 - 1e-3:
         return (1 - a) * z0 + a * z1
     return ((a - c) * (a - 1) / c * z0 + a * (a - 1) / (c * (c - 1)) * zc + a * (a - c) / (1 - c) * z1)
@@ -291,16 +294,20 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
                        mix_threshold: float | None = 0.3, restart: bool = True, drift_z: float = 4.0,
                        drift_min_rel: float = 0.05, drift_beta: float = 0.2,
                        drift_on: str = "entropy", mix_cap: float | None = 0.5,
-                       divergence: str = "kl", ramp: bool = True) -> tuple[Tensor, Tensor]:
+                       divergence: str = "kl", ramp: bool = True, ends: str = "both",
+                       proportions: str = "soft", coverage: bool = True, entry: int = 16) -> tuple[Tensor, Tensor]:
     """``adawise-windowed`` simulated online with what it computes, the BO search replaced by the exact
-    grid minimum: per batch the mean entropy at each α + ``weight`` x min(1, held/rows) x KL of the window's
-    proportions at α to those at α = 0; the window holds the last ``rows`` rows (one row per ``stride``
-    images, evenly strided in each batch, entered after its prediction; ``fill`` rows of the batch when
-    empty), their θ(α) logits
-    interpolated through (0, the batch's centre, 1); it restarts at a reset and when the engine's drift
-    detector fires on the entropy part (``drift_*``, the fast preset's); rows whose entropy at the chosen
-    α exceeds ``mix_threshold`` x log(C) (at most a ``mix_cap`` share of the batch, the most uncertain) are
-    mixed with the zero-shot prediction by DaWin's λ. The defaults are ``adawise-windowed``'s.
+    grid minimum: per batch the mean entropy at each α + ``weight`` x min(1, held/rows) x the window's class
+    coverage at α = 0 (``coverage``: exp(H(P_W(0))) / C) x KL of the window's proportions at α to those at
+    α = 0; the window holds the last ``rows`` rows (one row per ``stride`` images, evenly strided in each
+    batch, entered after its prediction at least ``entry`` at a time, or the whole batch if smaller;
+    ``fill`` rows of the batch when empty), their θ(α) logits interpolated through (0, the batch's centre,
+    1) (``ends="zero"``: linear through (0, centre), no α = 1 logits); it restarts at a reset and when the
+    engine's drift detector fires on the entropy part (``drift_*``, the fast preset's); rows whose entropy
+    at the chosen α exceeds ``mix_threshold`` x log(C) (at most a ``mix_cap`` share of the batch, the most
+    uncertain) are mixed with the zero-shot prediction by DaWin's λ. ``proportions="hard"``: the window's
+    proportions of argmax predictions (add-½ smoothed) instead of mean probabilities. The defaults are
+    ``adawise-windowed``'s.
 
     Returns per-sample hits [M] and the chosen α index per sample [M].
     """
@@ -318,12 +325,21 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
     chosen = torch.zeros(len(s.batch), dtype=torch.long)
 
     def rows_probs(idx: Tensor, c: int) -> Tensor:
-        return torch.softmax(_interpolated(s, idx, c), -1).transpose(0, 1)
+        z = _interpolated(s, idx, c, ends)
+        if proportions == "hard":
+            return torch.nn.functional.one_hot(z.argmax(-1), C).to(z.dtype).transpose(0, 1)
+        return torch.softmax(z, -1).transpose(0, 1)
 
     def objective(b: int) -> Tensor:
         pw = held.mean(0)
+        if proportions == "hard":
+            pw = (pw * len(held) + 0.5) / (len(held) + 0.5 * C)
         div = _kl(pw, pw[:1]) if divergence == "kl" else 0.5 * (pw - pw[:1]).abs().sum(-1)
-        return ent[:, b] + weight * (min(1.0, len(held) / rows) if ramp else 1.0) * div
+        scale = min(1.0, len(held) / rows) if ramp else 1.0
+        if coverage:  # the window's class coverage at α = 0: exp(H(P_W(0))) / C
+            p0 = pw[0].clamp_min(1e-30)
+            scale *= float(torch.exp(-(p0 * p0.log()).sum())) / C
+        return ent[:, b] + weight * scale * div
 
     for b in range(s.nb):
         st, n = starts[b], int(counts[b])
@@ -353,7 +369,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
         chosen[st:st + n] = c
         if not filled:
             credit += n / stride
-            k = int(credit)
+            k = int(credit) if credit >= min(entry, n) else 0
             credit -= k
             if k:
                 held = torch.cat([held, rows_probs(_strided(st, n, k), centre)])[-rows:]

@@ -182,3 +182,43 @@ def test_windowed_options_are_checked():
     method = adawise.make_method("adawise-windowed", zeroshot=zs, finetuned=ft)
     assert method.objective == "windowed" and method.options()["mix_threshold"] == 0.3
     assert "adawise-windowed" in adawise.registered_methods()
+
+
+def test_class_coverage_scales_the_anchor_down_on_few_classes():
+    """The anchor is scaled by exp(H(P_W(0))) / C: 1 on a window covering every class evenly, about 1/C on
+    one holding a single class, and the unscaled penalty times that share in between."""
+    g = torch.Generator().manual_seed(2)
+    sink = torch.zeros(40, C)
+    sink[:, 3] = 9.0
+    spread = 8.0 * nn.functional.one_hot(torch.arange(40) % C, C).float()  # θ(0): every class, evenly
+    one = 8.0 * nn.functional.one_hot(torch.full((40,), 5), C).float()  # θ(0): a single class
+    for z0, share in ((spread, 1.0), (one, 1.0 / C)):
+        z0 = z0 + 0.01 * torch.randn(40, C, generator=g)
+        scaled, unscaled = ProportionWindow(rows=40), ProportionWindow(rows=40, coverage=False)
+        for w in (scaled, unscaled):
+            w.add(z0, 0.5 * (z0 + sink), sink, 0.5)
+        assert scaled.class_coverage() == pytest.approx(share, rel=0.05, abs=0.01)
+        assert scaled.penalty(1.0) == pytest.approx(scaled.class_coverage() * unscaled.penalty(1.0), rel=1e-6)
+    assert ProportionWindow().class_coverage() == 1.0  # empty
+
+
+def test_rows_enter_the_window_in_entries_of_window_entry_rows():
+    """One row per 8 images, 16 at a time: with batches of 64 the window grows by 16 every second batch
+    (after the 32 rows of its fill), so its small passes come half as often; batches smaller than the
+    entry enter whole."""
+    zs, ft = collapsed_pair()
+    labels = torch.arange(64 * 8) % C
+    x = images(labels, seed=5)
+    opts = {"objective": "windowed", "drift_z": None, "search_on_jump": None}
+    engine = AdaWiSE(zs, ft, **opts)
+    held = []
+    for k in range(8):
+        engine(x[64 * k:64 * (k + 1)])
+        held.append(engine.info["window_rows"])
+    assert held == [32, 32, 48, 48, 64, 64, 80, 80]
+    small = AdaWiSE(zs, ft, window_entry=16, **opts)
+    held = []
+    for k in range(20):
+        small(x[4 * k:4 * (k + 1)])
+        held.append(small.info["window_rows"])
+    assert held == [4] * 8 + [8] * 8 + [12] * 4  # a whole batch of 4 every 8 batches (one row per 8 images)

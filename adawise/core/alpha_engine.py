@@ -182,12 +182,13 @@ class AlphaEvaluator:
                 f"({shape} on the first batch); both endpoints must be the same architecture and configuration (e.g. "
                 "the same pooling)")
 
-    def _forward(self, images: Any, cache: bool = True) -> Tensor:
+    def _forward(self, images: Any, cache: bool = True, model: nn.Module | None = None) -> Tensor:
+        model = self.model if model is None else model
         if self.amp_dtype is None:
-            return self.model(images)
+            return model(images)
         # no autocast weight cache inside a graph capture (the cast must be part of the graph)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache):
-            return self.model(images)
+            return model(images)
 
     def _graph(self, images: Tensor) -> _Graph | None:
         """The captured graph for this input shape (captured now if new; ``None``: run eagerly)."""
@@ -238,11 +239,35 @@ class AlphaEvaluator:
         """Input shape -> ``"graph"`` (captured) or ``"eager"`` (capture failed), for the logs."""
         return {"x".join(map(str, k[0])): ("graph" if g is not None else "eager") for k, g in self._graphs.items()}
 
+    def _endpoint(self, alpha: float) -> nn.Module | None:
+        """The endpoint module that *is* θ(α), for α = 0 or 1, where running it computes what the live model
+        would after a merge, bit for bit: its weights are the masters themselves (``share_masters``), in the
+        live model's dtype and on its device, it is the live model's class, and passes are not replayed
+        from CUDA graphs. ``None`` otherwise (the live model is merged to α)."""
+        if alpha not in (0.0, 1.0) or self.cuda_graphs or not self.space.shared[int(alpha)]:
+            return None
+        module = self._endpoints[int(alpha)]
+        first = next(iter(module.parameters()), None)
+        if type(module) is not type(self.model) or first is None or first.dtype != self.dtype:
+            return None
+        return module if first.device == self.device else None
+
     @torch.no_grad()
     def logits(self, alpha: float, images: Any, fraction: float = 1.0) -> Tensor:
-        """Forward ``images`` through θ(α); counts ``fraction`` of a pass (sub-batches count less)."""
+        """Forward ``images`` through θ(α); counts ``fraction`` of a pass (sub-batches count less). At α = 0
+        or 1 the endpoint module itself runs where it computes the same (:meth:`_endpoint`): no merge, and
+        the live model keeps its α."""
         if not self._forward_checked:
             self.check_forward(images)
+        endpoint = self._endpoint(alpha) if self.space.alpha != alpha else None
+        if endpoint is not None:
+            t = time.perf_counter()
+            with evaluating(endpoint):
+                out = self._forward(images, model=endpoint)
+            self._sync()
+            self.seconds_forward += time.perf_counter() - t
+            self.passes += fraction
+            return out
         if self.space.alpha != alpha:
             t = time.perf_counter()
             self.space.set_alpha(alpha)

@@ -100,24 +100,30 @@ class ProportionWindow:
     within a fraction of a point of accuracy of the exact logits on the embedded world
     (``benchmarks/objective_lab.py``); P_W(α) is the held rows' mean probability. Then
 
-        penalty(α) = weight · min(1, held / rows) · D(P_W(α) ‖ P_W(0)),
+        penalty(α) = weight · min(1, held / rows) · coverage · D(P_W(α) ‖ P_W(0)),
 
     D the KL divergence by default (:data:`DIVERGENCES`). The ``min(1, held / rows)`` ramp keeps a
     window of a few rows (after a reset, or a restart at a domain change) from over-ruling the entropy:
     on class-sorted streams such a window holds one class, and the zero-shot model's share of the
-    right class on it is its accuracy, so any confident model would look drifted.
+    right class on it is its accuracy, so any confident model would look drifted. ``coverage`` (on by
+    default) is the window's effective share of the classes at the zero-shot model,
+    exp(H(P_W(0))) / C: the anchor is only as trustworthy as the classes it averages over. On a window
+    of one or two classes the zero-shot model's bias on those classes is the whole of P_W(0), and a
+    model that is right there (the fine-tuned one, in distribution) looks drifted; over many classes
+    such biases average out, while a collapse onto a few classes still shows in full.
 
     The window is longer than a batch on purpose: on class-sorted or Dirichlet-ordered streams a batch
     holds one or two classes, and only proportions over many recent batches tell whether θ(α)'s
     predictions drift from the zero-shot model's (the lab's ``window`` row).
     """
 
-    def __init__(self, rows: int = 128, weight: float = 3.0, divergence: str = "kl") -> None:
+    def __init__(self, rows: int = 128, weight: float = 3.0, divergence: str = "kl", coverage: bool = True) -> None:
         if divergence not in DIVERGENCES:
             raise ValueError(f"unknown window divergence {divergence!r}; choose from {', '.join(DIVERGENCES)}")
         if int(rows) < 1:
             raise ValueError(f"window rows must be >= 1, got {rows}")
         self.rows, self.weight, self.divergence = int(rows), float(weight), divergence
+        self.coverage = bool(coverage)
         self.clear()
 
     def clear(self) -> None:
@@ -168,12 +174,22 @@ class ProportionWindow:
             self._cache[key] = torch.softmax(self.logits(key), -1).mean(0)
         return self._cache[key]
 
+    def class_coverage(self) -> float:
+        """exp(H(P_W(0))) / C: the held rows' effective share of the classes at the zero-shot model, in
+        (1/C, 1] (1 when the window is empty)."""
+        if len(self) == 0:
+            return 1.0
+        p0 = self.proportions(0.0)
+        return float(torch.exp(-_plogp(p0).sum())) / p0.numel()
+
     def penalty(self, alpha: float) -> float:
-        """``weight · min(1, held / rows) · D(P_W(α) ‖ P_W(0))`` (0 while the window is empty)."""
+        """``weight · min(1, held / rows) · coverage · D(P_W(α) ‖ P_W(0))`` (0 while the window is empty;
+        ``coverage`` is :meth:`class_coverage`, or 1 when the option is off)."""
         if len(self) == 0:
             return 0.0
         d = float(DIVERGENCES[self.divergence](self.proportions(alpha), self.proportions(0.0)))
-        return self.weight * min(1.0, len(self) / self.rows) * d
+        scale = self.class_coverage() if self.coverage else 1.0
+        return self.weight * min(1.0, len(self) / self.rows) * scale * d
 
 
 def objective_value(name: str, logits: Tensor, anchor_logits: Tensor | None = None) -> float:

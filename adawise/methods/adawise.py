@@ -55,6 +55,10 @@ from adawise.methods.weight_space import WeightSpaceMethod
 __all__ = ["AdaWiSE", "AdaWiSEConfig", "PRESETS", "SearchState"]
 
 
+#: options the log header records only for an objective with a proportion window
+_WINDOW_ONLY = ("window_coverage", "window_entry")
+
+
 @register("adawise", default_run=True)
 class AdaWiSE(WeightSpaceMethod):
     """Test-time weight-space ensemble: per batch, BO over α of a label-free objective.
@@ -124,7 +128,8 @@ class AdaWiSE(WeightSpaceMethod):
         self._initial = _State(alpha=float(opts.init_alpha), center=float(opts.init_alpha))
         if objective in NEEDS_WINDOW:
             self._initial.window = ProportionWindow(rows=opts.window_rows, weight=opts.window_weight,
-                                                    divergence=opts.window_divergence)
+                                                    divergence=opts.window_divergence,
+                                                    coverage=opts.window_coverage)
         self._s = copy.deepcopy(self._initial)
 
     # ------------------------------------------------------------------ Method API
@@ -141,6 +146,9 @@ class AdaWiSE(WeightSpaceMethod):
         out = {"preset": self.preset, "objective": self.objective, "seed": self.seed,
                "amp_dtype": str(self.evaluator.amp_dtype) if self.evaluator.amp_dtype else None}
         out.update(self.opts.as_dict())
+        if self.objective not in NEEDS_WINDOW:  # options added with the window's coverage: where it is used only
+            for key in _WINDOW_ONLY:            # (the other objectives' log headers and config hashes unchanged)
+                out.pop(key)
         return out
 
     def reset(self) -> None:
@@ -248,6 +256,13 @@ class AdaWiSE(WeightSpaceMethod):
         else:
             b.window_rows, b.window_ends = rows, ends
 
+    def _rows_at(self, b: _Batch, alpha: float, rows: Tensor) -> Tensor:
+        """Logits of these rows of the batch at α: from a full pass already made there (a cold search
+        evaluates α = 0 and 1 on the full batch), else from a pass over the rows alone."""
+        if alpha in b.full:
+            return b.full[alpha][0][rows.to(b.full[alpha][0].device)]
+        return self.evaluator.logits(alpha, b.images[rows], len(rows) / len(b.images))
+
     def _after(self, b: _Batch, logits: Tensor, centre: float) -> tuple[Tensor, int]:
         """After the prediction's α is chosen: rows enter the proportion window (their logits at α = 0
         and 1: small passes), and the rows θ(α) is unsure about (entropy above ``mix_threshold`` x
@@ -259,7 +274,7 @@ class AdaWiSE(WeightSpaceMethod):
         k = 0
         if window is not None and not b.window_filled:  # one row per window_stride images, whatever the batch size
             self._s.window_credit += n / float(o.window_stride)
-            k = int(self._s.window_credit)
+            k = int(self._s.window_credit) if self._s.window_credit >= min(o.window_entry, n) else 0
             self._s.window_credit -= k
         wrows = self._strided(n, k, device) if k else torch.zeros(0, dtype=torch.long, device=device)
         h = entropy(logits)
@@ -274,10 +289,10 @@ class AdaWiSE(WeightSpaceMethod):
         out = torch.log_softmax(logits.float(), -1)
         if len(need) == 0:
             return out, 0
-        z0 = self.evaluator.logits(0.0, b.images[need], len(need) / n)
+        z0 = self._rows_at(b, 0.0, need)
         where = {int(r): i for i, r in enumerate(need.tolist())}
         if len(wrows):
-            z1 = self.evaluator.logits(1.0, b.images[wrows], len(wrows) / n)
+            z1 = self._rows_at(b, 1.0, wrows)
             zc = b.full[_key(centre)][0][wrows]
             window.add(z0[[where[int(r)] for r in wrows.tolist()]], zc, z1, centre)
         if len(mixed):

@@ -76,6 +76,8 @@ _RULES: dict[str, _Rule] = {
     "window_weight": _NON_NEGATIVE,
     "window_divergence": _choice(*DIVERGENCES),
     "window_restart": _BOOL,
+    "window_coverage": _BOOL,
+    "window_entry": _POSITIVE_INT,
     "mix_threshold": _optional((_number, "a fraction of log(classes) in [0, 1]", lambda v: 0.0 <= v <= 1.0)),
     "mix_cap": _optional((_number, "a share of the batch in (0, 1]", lambda v: 0.0 < v <= 1.0)),
     "track": _BOOL,
@@ -153,12 +155,15 @@ class AdaWiSEConfig(Mapping):
         posterior: ``"botorch"`` or ``"closed_form"`` (same GP, less overhead: ``benchmarks/RESULTS.md``).
         grid_size, acquisition, ucb_beta, incumbent, acq_optimizer, min_distance: options of
             :class:`~adawise.core.bayesopt.BayesOpt1D`.
-        window_rows, window_stride, window_fill, window_weight, window_divergence, window_restart: the
-            ``windowed`` objective's :class:`~adawise.core.objectives.ProportionWindow`: it holds ``window_rows``
-            rows (128), one per ``window_stride`` images (8: evenly strided rows of each batch, entered after
-            the prediction, with their logits at α = 0 and α = 1 from two small passes and at the centre
-            from the batch's full pass), ``window_fill`` rows of the batch when it is empty (32); its term
-            is ``window_weight`` (3) x KL (``window_divergence``) ramped by how full it is; it restarts at
+        window_rows, window_stride, window_entry, window_fill, window_weight, window_divergence,
+        window_coverage, window_restart: the ``windowed`` objective's
+            :class:`~adawise.core.objectives.ProportionWindow`: it holds ``window_rows`` rows (128), one per
+            ``window_stride`` images (8: evenly strided rows of a batch, entered after the prediction, with
+            their logits at α = 0 and α = 1 from small passes and at the centre from the batch's full pass),
+            at least ``window_entry`` rows at a time (16, or the whole batch if smaller: with batches of 64,
+            16 rows every second batch, so the small passes come half as often), ``window_fill`` rows of the
+            batch when it is empty (32); its term is ``window_weight`` (3) x KL (``window_divergence``)
+            ramped by how full it is and scaled by its class coverage (``window_coverage``); it restarts at
             a detected drift (``window_restart``; the detector then watches the entropy part only).
         mix_threshold, mix_cap: after the prediction's α is chosen, rows whose entropy there exceeds
             ``mix_threshold`` x log(classes) (at most a ``mix_cap`` share of the batch, the most uncertain) are mixed
@@ -187,6 +192,8 @@ class AdaWiSEConfig(Mapping):
     window_weight: float = 3.0
     window_divergence: str = "kl"
     window_restart: bool = True
+    window_coverage: bool = True
+    window_entry: int = 16
     mix_threshold: float | None = None
     mix_cap: float | None = None
     track: bool = True
