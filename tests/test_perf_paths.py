@@ -87,6 +87,24 @@ def test_a_second_space_reuses_the_flat_masters() -> None:
             torch.testing.assert_close(second.logits(alpha, x), _fresh(zs, ft, alpha)(x), rtol=0, atol=1e-6)
 
 
+def test_endpoint_passes_run_the_endpoints_themselves_and_compute_what_a_merge_would(tiny_pair, images) -> None:
+    """At α = 0 and 1 the evaluator runs the endpoint module (its weights are the masters): no merge, the
+    live model keeps its α, and the logits are bit for bit those of the live model merged to that α."""
+    zs, ft = tiny_pair
+    zs.train()  # a user's mode survives the pass
+    ev = AlphaEvaluator(zs, ft)
+    with torch.no_grad():
+        ev.logits(0.4, images)
+        merges = ev.merges
+        direct = {a: ev.logits(a, images) for a in (0.0, 1.0)}
+        assert ev.merges == merges and ev.space.alpha == 0.4 and zs.training
+        for a in (0.0, 1.0):
+            ev.space.set_alpha(a)
+            assert torch.equal(direct[a], ev.model(images)), a
+    private = AlphaEvaluator(zs, ft, share_masters=False)  # masters are copies: the live model is merged
+    assert private._endpoint(0.0) is None and private._endpoint(1.0) is None and ev._endpoint(0.5) is None
+
+
 def test_endpoints_that_do_not_qualify_get_private_copies() -> None:
     zs, ft = _pair()
     ft64 = copy.deepcopy(ft).double()  # another dtype than the masters
