@@ -334,7 +334,9 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
         pw = held.mean(0)
         if proportions == "hard":
             pw = (pw * len(held) + 0.5) / (len(held) + 0.5 * C)
-        div = _kl(pw, pw[:1]) if divergence == "kl" else 0.5 * (pw - pw[:1]).abs().sum(-1)
+        if divergence.startswith("sorted-"):  # how much more concentrated, whichever classes carry the mass
+            pw = pw.sort(-1, descending=True).values
+        div = _kl(pw, pw[:1]) if divergence.endswith("kl") else 0.5 * (pw - pw[:1]).abs().sum(-1)
         scale = min(1.0, len(held) / rows) if ramp else 1.0
         if coverage:  # the window's class coverage at α = 0: exp(H(P_W(0))) / C
             p0 = pw[0].clamp_min(1e-30)

@@ -370,22 +370,30 @@ class BayesOpt1D:
         cls = LogExpectedImprovement if acquisition == "logei" else ExpectedImprovement
         return cls(model, best_f=best_f)
 
-    def _scores(self, x: Tensor, y_neg: Tensor, w: Tensor, acquisition: str) -> tuple[Any, ...] | None:
+    def _scores(self, x: Tensor, y_neg: Tensor, w: Tensor, acquisition: str,
+                known: Callable[[Tensor], Tensor] | None = None) -> tuple[Any, ...] | None:
         """Over the grid, original units: (score to maximise, log EI, posterior mean and std of the
-        objective or ``None``, (BoTorch model, incumbent) or ``None``); ``None`` when the GP is
-        unusable (singular kernel matrix)."""
+        modelled part of the objective or ``None``, (BoTorch model, incumbent) or ``None``); ``None`` when
+        the GP is unusable (singular kernel matrix). ``known``: see :meth:`suggest`."""
         g = self.grid_size
         if self.posterior == "closed_form" and self.acq_optimizer == "grid":
-            post = self._closed_form(x, y_neg, w, torch.cat([self.grid, x]))
+            at = torch.cat([self.grid, x])
+            post = self._closed_form(x, y_neg, w, at)
             if post is None:
                 return None
             mu, sd = post
+            moments = (-mu[:g], sd[:g])
+            if known is not None:  # the objective is the GP's part plus the known one
+                mu = mu - known(at).to(mu)
+                y_neg = y_neg - known(x).to(y_neg)
             best_f = mu[g:].max() if self.incumbent == "model" else y_neg.max()
             mu, sd = mu[:g], sd[:g]
             log_ei = log_expected_improvement((mu - best_f) / sd) + sd.log()
             # "ei" and "logei" share their argmax; the log form is the numerically safe one
             score = mu + math.sqrt(self.ucb_beta) * sd if acquisition == "ucb" else log_ei
-            return score, log_ei, (-mu, sd), None
+            return score, log_ei, moments, None
+        if known is not None:
+            raise ValueError("a known objective term needs posterior='closed_form' and acq_optimizer='grid'")
         try:
             model = self._model(x, y_neg, w)
             with torch.no_grad():
@@ -401,12 +409,16 @@ class BayesOpt1D:
             return None
         return score, log_ei, None, (model, best_f)
 
-    def suggest(self, exclude: Sequence[float] = (), acquisition: str | None = None) -> Suggestion | None:
+    def suggest(self, exclude: Sequence[float] = (), acquisition: str | None = None,
+                known: Callable[[Tensor], Tensor] | None = None) -> Suggestion | None:
         """The next x to evaluate, or ``None`` when every candidate is a near duplicate.
 
         Candidates within ``min_distance`` of the current batch's observations (and of ``exclude``)
         are never proposed. Refits the hyperparameters first when the policy says so.
-        ``acquisition`` overrides the optimizer's for this call.
+        ``acquisition`` overrides the optimizer's for this call. ``known``: a part of the objective
+        known exactly at any x (a function of a double tensor of xs): the observations are then of the
+        rest alone, the GP models that rest, and the acquisition scores the sum (closed-form grid search
+        only). The suggestion's ``mean`` and ``std`` are the modelled part's.
         """
         acquisition = acquisition or self.acquisition
         _check_choice("acquisition", acquisition, ACQUISITIONS)
@@ -420,7 +432,7 @@ class BayesOpt1D:
         scored = None
         if x.numel() >= 2:
             self._maybe_fit(x, -y)
-            scored = self._scores(x, -y, w, acquisition)
+            scored = self._scores(x, -y, w, acquisition, known)
         if scored is None or not bool(torch.isfinite(scored[0][free]).any()):
             return self._space_filling(taken, free)
         score, log_ei, moments, built = scored
@@ -441,13 +453,18 @@ class BayesOpt1D:
         dist = torch.where(free, dist, torch.full_like(dist, -1.0))
         return Suggestion(float(self.grid[int(torch.argmax(dist))]), math.inf, from_model=False)
 
-    def posterior_mean(self, xs: Sequence[float]) -> list[float] | None:
-        """GP posterior mean of the objective at ``xs`` (``None`` without a usable GP)."""
+    def posterior_mean(self, xs: Sequence[float], known: Callable[[Tensor], Tensor] | None = None) -> list[float] | None:
+        """GP posterior mean of the objective at ``xs`` (``None`` without a usable GP); plus the ``known``
+        part (:meth:`suggest`) where given."""
         x, y, w = self.data()
         if x.numel() < 2:
             return None
-        post = self._closed_form(x, -y, w, torch.tensor([float(v) for v in xs], dtype=_DOUBLE))
-        return None if post is None else [-float(v) for v in post[0]]
+        at = torch.tensor([float(v) for v in xs], dtype=_DOUBLE)
+        post = self._closed_form(x, -y, w, at)
+        if post is None:
+            return None
+        mean = -post[0] if known is None else -post[0] + known(at).to(post[0])
+        return [float(v) for v in mean]
 
     def recommend(self) -> float | None:
         """The grid minimiser of the GP posterior mean (or the best observation without a GP)."""

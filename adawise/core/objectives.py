@@ -156,11 +156,15 @@ class ProportionWindow:
         self.z0, self.zc, self.z1, self.ac = z0[keep], zc[keep], z1[keep], ac[keep]
         self._cache = {}
 
-    def logits(self, alpha: float) -> Tensor:
-        """The held rows' logits at θ(α), interpolated through (0, centre, 1): ``[rows, C]``."""
+    def logits(self, alpha: float | Tensor) -> Tensor:
+        """The held rows' logits at θ(α), interpolated through (0, centre, 1): ``[rows, C]``; for a 1-D
+        tensor of αs, ``[len(alpha), rows, C]``."""
         if self.z0 is None:
             raise RuntimeError("the proportion window is empty")
-        a, c = float(alpha), self.ac[:, None]
+        if torch.is_tensor(alpha):
+            a, c = alpha.float().reshape(-1, 1, 1), self.ac[None, :, None]
+        else:
+            a, c = float(alpha), self.ac[:, None]
         inner = (c > 1e-3) & (c < 1 - 1e-3)
         cs = torch.where(inner, c, torch.full_like(c, 0.5))
         quad = ((a - cs) * (a - 1.0) / cs * self.z0 + a * (a - 1.0) / (cs * (cs - 1.0)) * self.zc
@@ -181,6 +185,16 @@ class ProportionWindow:
             return 1.0
         p0 = self.proportions(0.0)
         return float(torch.exp(-_plogp(p0).sum())) / p0.numel()
+
+    def penalties(self, alphas: Tensor) -> Tensor:
+        """:meth:`penalty` at every α of a 1-D tensor at once (float64, zeros while the window is empty):
+        the known part of the ``windowed`` objective that the search adds to its model of the batch term."""
+        if len(self) == 0:
+            return torch.zeros(len(alphas), dtype=torch.float64)
+        p = torch.softmax(self.logits(alphas), -1).mean(1)
+        d = DIVERGENCES[self.divergence](p, self.proportions(0.0)[None])
+        scale = self.class_coverage() if self.coverage else 1.0
+        return (self.weight * min(1.0, len(self) / self.rows) * scale * d).double()
 
     def penalty(self, alpha: float) -> float:
         """``weight · min(1, held / rows) · coverage · D(P_W(α) ‖ P_W(0))`` (0 while the window is empty;

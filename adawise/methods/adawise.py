@@ -56,7 +56,7 @@ __all__ = ["AdaWiSE", "AdaWiSEConfig", "PRESETS", "SearchState"]
 
 
 #: options the log header records only for an objective with a proportion window
-_WINDOW_ONLY = ("window_coverage", "window_entry")
+_WINDOW_ONLY = ("window_coverage", "window_entry", "window_exact")
 
 
 @register("adawise", default_run=True)
@@ -126,6 +126,8 @@ class AdaWiSE(WeightSpaceMethod):
             noise=opts.noise, seed=self.seed,
         )
         self._initial = _State(alpha=float(opts.init_alpha), center=float(opts.init_alpha))
+        # the window's term enters the search exactly only where the GP posterior is the closed-form grid one
+        self._exact_ok = opts.posterior == "closed_form" and opts.acq_optimizer == "grid"
         if objective in NEEDS_WINDOW:
             self._initial.window = ProportionWindow(rows=opts.window_rows, weight=opts.window_weight,
                                                     divergence=opts.window_divergence,
@@ -303,9 +305,26 @@ class AdaWiSE(WeightSpaceMethod):
         return out, len(mixed)
 
     # ------------------------------------------------------------------ the search
+    def _exact_term(self) -> Any:
+        """The part of the objective the search knows exactly, relative to the centre, as a function of a
+        tensor of αs: the proportion window's term (``window_exact``; no forward pass computes it), or
+        ``None``. The GP then models the batch term alone, so its pooled observations of past batches stay
+        valid while the window changes (rows entering, a restart), and every search step sees the window's
+        current term at every α."""
+        window = self._s.window
+        if window is None or not self.opts.window_exact or not self._exact_ok:
+            return None
+        at_centre = window.penalty(_key(self._s.center))
+        return lambda xs: window.penalties(xs) - at_centre
+
     def _observe(self, b: _Batch, k: float, y: float, on: str, predicted: Any = None) -> None:
-        """Tell the GP y at α; a full-batch value of a split batch weighs ``1 / fraction`` sub values.
-        The centre's own value (0 by construction) does not teach the noise estimate."""
+        """Tell the GP y at α (relative to the centre; less the known window term's share, where the
+        search adds that term exactly: :meth:`_exact_term`); a full-batch value of a split batch weighs
+        ``1 / fraction`` sub values. The centre's own value (0 by construction) does not teach the
+        noise estimate."""
+        if self._exact_term() is not None:
+            window = self._s.window
+            y -= window.penalty(_key(k)) - window.penalty(_key(self._s.center))
         self.bo.observe(k, y, weight=1.0 / b.fraction if (on == "full" and b.split) else 1.0,
                         learn_noise=k != _key(self._s.center), predicted=predicted)
 
@@ -329,7 +348,7 @@ class AdaWiSE(WeightSpaceMethod):
         if not any(math.isfinite(v) for v in self._known(b, on).values()):
             return  # nothing is finite on this batch: searching further cannot help
         while len(self._known(b, on)) < budget:
-            s = self.bo.suggest()
+            s = self.bo.suggest(known=self._exact_term())
             if s is None:
                 break
             self._observe(b, _key(s.x), self._value(b, s.x, on) - ref, on, predicted=s)
@@ -342,7 +361,7 @@ class AdaWiSE(WeightSpaceMethod):
         for _ in range(int(self.opts.probe_evals)):
             acquisition = cycle[self._s.probes % len(cycle)]
             self._s.probes += 1
-            s = self.bo.suggest(acquisition=acquisition)
+            s = self.bo.suggest(acquisition=acquisition, known=self._exact_term())
             if s is None or s.ei < floor:
                 break
             self._observe(b, _key(s.x), self._value(b, s.x, "sub") - ref, "sub", predicted=s)
@@ -443,13 +462,16 @@ class AdaWiSE(WeightSpaceMethod):
             # the batch's winner predicts this batch; the centre moves only if the GP, which pools the
             # recent batches, agrees (one batch's noise must not drag the next batches along)
             self._observe(b, _key(final), g_final - g_cur, "full")
-            means = self.bo.posterior_mean([current, final])
+            means = self.bo.posterior_mean([current, final], known=self._exact_term())
             center = final if means is None or means[1] < means[0] else current
         if mode != "skip":
             g_center = b.full[_key(center)][1]
             if o.track and _key(center) != _key(current):
                 means = self.bo.posterior_mean([current, center])  # re-express the GP data vs the centre
-                self.bo.shift(means[1] - means[0] if means is not None else g_center - g_cur)
+                delta = g_center - g_cur
+                if self._exact_term() is not None:  # the GP holds the batch term only
+                    delta -= s.window.penalty(_key(center)) - s.window.penalty(_key(current))
+                self.bo.shift(means[1] - means[0] if means is not None else delta)
             restart = mode == "search" and reason != "periodic"
             d_center = self._drift_value(g_center, center)
             self.drift.update(s.drift, d_center, restart,

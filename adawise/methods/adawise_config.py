@@ -78,6 +78,7 @@ _RULES: dict[str, _Rule] = {
     "window_restart": _BOOL,
     "window_coverage": _BOOL,
     "window_entry": _POSITIVE_INT,
+    "window_exact": _BOOL,
     "mix_threshold": _optional((_number, "a fraction of log(classes) in [0, 1]", lambda v: 0.0 <= v <= 1.0)),
     "mix_cap": _optional((_number, "a share of the batch in (0, 1]", lambda v: 0.0 < v <= 1.0)),
     "track": _BOOL,
@@ -164,7 +165,9 @@ class AdaWiSEConfig(Mapping):
             16 rows every second batch, so the small passes come half as often), ``window_fill`` rows of the
             batch when it is empty (32); its term is ``window_weight`` (3) x KL (``window_divergence``)
             ramped by how full it is and scaled by its class coverage (``window_coverage``); it restarts at
-            a detected drift (``window_restart``; the detector then watches the entropy part only).
+            a detected drift (``window_restart``; the detector then watches the entropy part only). With
+            ``window_exact`` (and the closed-form grid posterior) the search adds the window's term exactly
+            at every α and its GP models the batch's entropy alone.
         mix_threshold, mix_cap: after the prediction's α is chosen, rows whose entropy there exceeds
             ``mix_threshold`` x log(classes) (at most a ``mix_cap`` share of the batch, the most uncertain) are mixed
             per sample with the zero-shot model by DaWin's weight (one zero-shot pass over those rows; the
@@ -194,6 +197,7 @@ class AdaWiSEConfig(Mapping):
     window_restart: bool = True
     window_coverage: bool = True
     window_entry: int = 16
+    window_exact: bool = True
     mix_threshold: float | None = None
     mix_cap: float | None = None
     track: bool = True
