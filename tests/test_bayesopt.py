@@ -214,3 +214,33 @@ def test_online_noise_estimate_tracks_the_residuals() -> None:
 
 def test_public_name() -> None:
     assert adawise.BayesOpt1D is BayesOpt1D
+
+
+def test_a_known_term_is_added_exactly_and_only_the_rest_is_modelled() -> None:
+    """f = g + k with k known: observing g alone and passing k to suggest finds the minimum of the sum
+    (0.7 here, where g alone has its minimum at 0.2), and posterior_mean adds k exactly."""
+    def g(x: float) -> float:
+        return (x - 0.2) ** 2
+
+    def known(xs: torch.Tensor) -> torch.Tensor:
+        return 1.0 * (xs - 1.2) ** 2  # g + k = 2 (x - 0.7)^2 + const
+
+    bo = BayesOpt1D(posterior="closed_form", refit="never")
+    for x in (0.0, 1.0):
+        bo.observe(x, g(x))
+    xs = []
+    for _ in range(8):
+        s = bo.suggest(known=known)
+        if s is None:
+            break
+        bo.observe(s.x, g(s.x), predicted=s)
+        xs.append(s.x)
+    best = min(xs + [0.0, 1.0], key=lambda x: g(x) + float(known(torch.tensor(x, dtype=torch.float64))))
+    assert abs(best - 0.7) <= 0.03, xs
+    plain, summed = bo.posterior_mean([0.3, 0.7]), bo.posterior_mean([0.3, 0.7], known=known)
+    for a, b, x in zip(plain, summed, (0.3, 0.7), strict=True):
+        assert b == pytest.approx(a + (x - 1.2) ** 2, abs=1e-9)
+    with pytest.raises(ValueError, match="closed_form"):
+        BayesOpt1D(posterior="botorch")._scores(torch.tensor([0.0, 1.0], dtype=torch.float64),
+                                                torch.tensor([0.0, -1.0], dtype=torch.float64),
+                                                torch.ones(2, dtype=torch.float64), "logei", known)
