@@ -384,8 +384,9 @@ class BayesOpt1D:
             mu, sd = post
             moments = (-mu[:g], sd[:g])
             if known is not None:  # the objective is the GP's part plus the known one
-                mu = mu - known(at).to(mu)
-                y_neg = y_neg - known(x).to(y_neg)
+                at_x = known(x).to(y_neg)
+                mu = mu - torch.cat([known(self.grid).to(mu), at_x])  # the grid itself: a callee may cache
+                y_neg = y_neg - at_x
             best_f = mu[g:].max() if self.incumbent == "model" else y_neg.max()
             mu, sd = mu[:g], sd[:g]
             log_ei = log_expected_improvement((mu - best_f) / sd) + sd.log()

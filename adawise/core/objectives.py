@@ -91,6 +91,13 @@ DIVERGENCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear interpolation of (xp, fp) at x (xp increasing; x within its range)."""
+    i = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
+    t = ((x - xp[i - 1]) / (xp[i] - xp[i - 1])).clamp(0.0, 1.0)
+    return fp[i - 1] + t * (fp[i] - fp[i - 1])
+
+
 class ProportionWindow:
     """The class proportions of a window of recent images at any α: the state of the ``windowed`` objective.
 
@@ -133,6 +140,8 @@ class ProportionWindow:
         self.z1: Tensor | None = None
         self.ac: Tensor | None = None
         self._cache: dict[float, Tensor] = {}
+        self._grid: tuple[Tensor, Tensor] | None = None
+        self._penalty: dict[float, float] = {}
 
     def __len__(self) -> int:
         return 0 if self.z0 is None else len(self.z0)
@@ -154,7 +163,7 @@ class ProportionWindow:
             ac = torch.cat([self.ac, ac])
         keep = slice(max(len(z0) - self.rows, 0), None)
         self.z0, self.zc, self.z1, self.ac = z0[keep], zc[keep], z1[keep], ac[keep]
-        self._cache = {}
+        self._cache, self._grid, self._penalty = {}, None, {}
 
     def logits(self, alpha: float | Tensor) -> Tensor:
         """The held rows' logits at θ(α), interpolated through (0, centre, 1): ``[rows, C]``; for a 1-D
@@ -186,24 +195,38 @@ class ProportionWindow:
         p0 = self.proportions(0.0)
         return float(torch.exp(-_plogp(p0).sum())) / p0.numel()
 
-    def penalties(self, alphas: Tensor) -> Tensor:
+    def penalties(self, alphas: Tensor, nodes: int = 21) -> Tensor:
         """:meth:`penalty` at every α of a 1-D tensor at once (float64, zeros while the window is empty):
-        the known part of the ``windowed`` objective that the search adds to its model of the batch term."""
+        the known part of the ``windowed`` objective that the search adds to its model of the batch term.
+        More than ``nodes`` αs (a search grid): computed at ``nodes`` evenly spaced αs over their range and
+        linear in between (the term is smooth in α; a 201-point grid costs what 21 points do), kept until the
+        window changes while the same tensor is asked for again."""
         if len(self) == 0:
             return torch.zeros(len(alphas), dtype=torch.float64)
-        p = torch.softmax(self.logits(alphas), -1).mean(1)
+        if self._grid is not None and self._grid[0] is alphas:
+            return self._grid[1]
+        coarse = len(alphas) > nodes
+        at = torch.linspace(float(alphas.min()), float(alphas.max()), nodes) if coarse else alphas
+        p = torch.softmax(self.logits(at), -1).mean(1)
         d = DIVERGENCES[self.divergence](p, self.proportions(0.0)[None])
         scale = self.class_coverage() if self.coverage else 1.0
-        return (self.weight * min(1.0, len(self) / self.rows) * scale * d).double()
+        out = (self.weight * min(1.0, len(self) / self.rows) * scale * d).double()
+        if coarse:
+            out = _interp(alphas.double(), at.double(), out)
+            self._grid = (alphas, out)
+        return out
 
     def penalty(self, alpha: float) -> float:
         """``weight · min(1, held / rows) · coverage · D(P_W(α) ‖ P_W(0))`` (0 while the window is empty;
         ``coverage`` is :meth:`class_coverage`, or 1 when the option is off)."""
         if len(self) == 0:
             return 0.0
-        d = float(DIVERGENCES[self.divergence](self.proportions(alpha), self.proportions(0.0)))
-        scale = self.class_coverage() if self.coverage else 1.0
-        return self.weight * min(1.0, len(self) / self.rows) * scale * d
+        key = round(float(alpha), 6)
+        if key not in self._penalty:
+            d = float(DIVERGENCES[self.divergence](self.proportions(key), self.proportions(0.0)))
+            scale = self.class_coverage() if self.coverage else 1.0
+            self._penalty[key] = self.weight * min(1.0, len(self) / self.rows) * scale * d
+        return self._penalty[key]
 
 
 def objective_value(name: str, logits: Tensor, anchor_logits: Tensor | None = None) -> float:

@@ -305,6 +305,9 @@ class AdaWiSE(WeightSpaceMethod):
         return out, len(mixed)
 
     # ------------------------------------------------------------------ the search
+    def _exact_on(self) -> bool:
+        return self._s.window is not None and bool(self.opts.window_exact) and self._exact_ok
+
     def _exact_term(self) -> Any:
         """The part of the objective the search knows exactly, relative to the centre, as a function of a
         tensor of αs: the proportion window's term (``window_exact``; no forward pass computes it), or
@@ -312,7 +315,7 @@ class AdaWiSE(WeightSpaceMethod):
         valid while the window changes (rows entering, a restart), and every search step sees the window's
         current term at every α."""
         window = self._s.window
-        if window is None or not self.opts.window_exact or not self._exact_ok:
+        if not self._exact_on():
             return None
         at_centre = window.penalty(_key(self._s.center))
         return lambda xs: window.penalties(xs) - at_centre
@@ -322,7 +325,7 @@ class AdaWiSE(WeightSpaceMethod):
         search adds that term exactly: :meth:`_exact_term`); a full-batch value of a split batch weighs
         ``1 / fraction`` sub values. The centre's own value (0 by construction) does not teach the
         noise estimate."""
-        if self._exact_term() is not None:
+        if self._exact_on():
             window = self._s.window
             y -= window.penalty(_key(k)) - window.penalty(_key(self._s.center))
         self.bo.observe(k, y, weight=1.0 / b.fraction if (on == "full" and b.split) else 1.0,
@@ -469,7 +472,7 @@ class AdaWiSE(WeightSpaceMethod):
             if o.track and _key(center) != _key(current):
                 means = self.bo.posterior_mean([current, center])  # re-express the GP data vs the centre
                 delta = g_center - g_cur
-                if self._exact_term() is not None:  # the GP holds the batch term only
+                if self._exact_on():  # the GP holds the batch term only
                     delta -= s.window.penalty(_key(center)) - s.window.penalty(_key(current))
                 self.bo.shift(means[1] - means[0] if means is not None else delta)
             restart = mode == "search" and reason != "periodic"
