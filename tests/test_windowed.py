@@ -222,3 +222,27 @@ def test_rows_enter_the_window_in_entries_of_window_entry_rows():
         small(x[4 * k:4 * (k + 1)])
         held.append(small.info["window_rows"])
     assert held == [4] * 8 + [8] * 8 + [12] * 4  # a whole batch of 4 every 8 batches (one row per 8 images)
+
+
+def test_the_gp_sees_the_batch_term_alone_when_the_window_term_is_exact():
+    """With ``window_exact`` the search's observations are the objective less the window's term (relative to
+    the centre), so they stay valid as the window changes; without it they hold the whole objective."""
+    zs, ft = collapsed_pair()
+    x = images(torch.arange(64) % C, seed=6)
+    seen = {}
+    for exact in (True, False):
+        engine = AdaWiSE(zs, ft, objective="windowed", window_exact=exact, window_weight=50.0)
+        told = seen[exact] = {}
+        observe = engine.bo.observe
+
+        def recording(x_, y_, *args, _told=told, _observe=observe, **kwargs):
+            _told.setdefault(round(float(x_), 6), float(y_))
+            return _observe(x_, y_, *args, **kwargs)
+
+        engine.bo.observe = recording
+        engine(x)  # the first batch: a cold search from the centre 0.5, with α = 0 and 1 on the full batch
+        window, centre = engine._s.window, 0.5
+    for a in (0.0, 1.0):
+        term = window.penalty(a) - window.penalty(centre)
+        assert abs(term) > 1e-3  # the window term differs between the αs compared
+        assert seen[True][a] == pytest.approx(seen[False][a] - term, abs=1e-9)
