@@ -339,8 +339,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
         div = _kl(pw, pw[:1]) if divergence.endswith("kl") else 0.5 * (pw - pw[:1]).abs().sum(-1)
         scale = min(1.0, len(held) / rows) if ramp else 1.0
         if coverage:  # the window's class coverage at α = 0: exp(H(P_W(0))) / C
-            p0 = pw[0].clamp_min(1e-30)
-            scale *= float(torch.exp(-(p0 * p0.log()).sum())) / C
+            scale *= float(torch.exp(-_plogp(pw[0]).sum())) / C
         return ent[:, b] + weight * scale * div
 
     for b in range(s.nb):

@@ -195,6 +195,11 @@ class ProportionWindow:
         p0 = self.proportions(0.0)
         return float(torch.exp(-_plogp(p0).sum())) / p0.numel()
 
+    def _scale(self) -> float:
+        """The divergence's factor: ``weight · min(1, held / rows) · coverage`` (coverage 1 when off)."""
+        coverage = self.class_coverage() if self.coverage else 1.0
+        return self.weight * min(1.0, len(self) / self.rows) * coverage
+
     def penalties(self, alphas: Tensor, nodes: int = 21) -> Tensor:
         """:meth:`penalty` at every α of a 1-D tensor at once (float64, zeros while the window is empty):
         the known part of the ``windowed`` objective that the search adds to its model of the batch term.
@@ -208,9 +213,7 @@ class ProportionWindow:
         coarse = len(alphas) > nodes
         at = torch.linspace(float(alphas.min()), float(alphas.max()), nodes) if coarse else alphas
         p = torch.softmax(self.logits(at), -1).mean(1)
-        d = DIVERGENCES[self.divergence](p, self.proportions(0.0)[None])
-        scale = self.class_coverage() if self.coverage else 1.0
-        out = (self.weight * min(1.0, len(self) / self.rows) * scale * d).double()
+        out = (self._scale() * DIVERGENCES[self.divergence](p, self.proportions(0.0)[None])).double()
         if coarse:
             out = _interp(alphas.double(), at.double(), out)
             self._grid = (alphas, out)
@@ -224,8 +227,7 @@ class ProportionWindow:
         key = round(float(alpha), 6)
         if key not in self._penalty:
             d = float(DIVERGENCES[self.divergence](self.proportions(key), self.proportions(0.0)))
-            scale = self.class_coverage() if self.coverage else 1.0
-            self._penalty[key] = self.weight * min(1.0, len(self) / self.rows) * scale * d
+            self._penalty[key] = self._scale() * d
         return self._penalty[key]
 
 

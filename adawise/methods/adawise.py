@@ -308,6 +308,12 @@ class AdaWiSE(WeightSpaceMethod):
     def _exact_on(self) -> bool:
         return self._s.window is not None and bool(self.opts.window_exact) and self._exact_ok
 
+    def _exact_delta(self, alpha: float, ref: float) -> float:
+        """The window term at α less at ``ref`` where the search adds it exactly (:meth:`_exact_term`), else 0."""
+        if not self._exact_on():
+            return 0.0
+        return self._s.window.penalty(_key(alpha)) - self._s.window.penalty(_key(ref))
+
     def _exact_term(self) -> Any:
         """The part of the objective the search knows exactly, relative to the centre, as a function of a
         tensor of αs: the proportion window's term (``window_exact``; no forward pass computes it), or
@@ -325,9 +331,7 @@ class AdaWiSE(WeightSpaceMethod):
         search adds that term exactly: :meth:`_exact_term`); a full-batch value of a split batch weighs
         ``1 / fraction`` sub values. The centre's own value (0 by construction) does not teach the
         noise estimate."""
-        if self._exact_on():
-            window = self._s.window
-            y -= window.penalty(_key(k)) - window.penalty(_key(self._s.center))
+        y -= self._exact_delta(k, self._s.center)
         self.bo.observe(k, y, weight=1.0 / b.fraction if (on == "full" and b.split) else 1.0,
                         learn_noise=k != _key(self._s.center), predicted=predicted)
 
@@ -471,9 +475,7 @@ class AdaWiSE(WeightSpaceMethod):
             g_center = b.full[_key(center)][1]
             if o.track and _key(center) != _key(current):
                 means = self.bo.posterior_mean([current, center])  # re-express the GP data vs the centre
-                delta = g_center - g_cur
-                if self._exact_on():  # the GP holds the batch term only
-                    delta -= s.window.penalty(_key(center)) - s.window.penalty(_key(current))
+                delta = g_center - g_cur - self._exact_delta(center, current)  # the GP's part of the change
                 self.bo.shift(means[1] - means[0] if means is not None else delta)
             restart = mode == "search" and reason != "periodic"
             d_center = self._drift_value(g_center, center)
