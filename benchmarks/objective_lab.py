@@ -295,7 +295,8 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
                        drift_min_rel: float = 0.05, drift_beta: float = 0.2,
                        drift_on: str = "entropy", mix_cap: float | None = 0.5,
                        divergence: str = "kl", ramp: bool = True, ends: str = "both",
-                       proportions: str = "soft", coverage: bool = True, entry: int = 16) -> tuple[Tensor, Tensor]:
+                       proportions: str = "soft", coverage: bool = True, entry: int = 16, drift_rows: int = 64,
+                       tolerance: float = 0.0) -> tuple[Tensor, Tensor]:
     """``adawise-windowed`` simulated online with what it computes, the BO search replaced by the exact
     grid minimum: per batch the mean entropy at each α + ``weight`` x min(1, held/rows) x the window's class
     coverage at α = 0 (``coverage``: exp(H(P_W(0))) / C) x KL of the window's proportions at α to those at
@@ -303,10 +304,12 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
     batch, entered after its prediction at least ``entry`` at a time, or the whole batch if smaller;
     ``fill`` rows of the batch when empty), their θ(α) logits interpolated through (0, the batch's centre,
     1) (``ends="zero"``: linear through (0, centre), no α = 1 logits); it restarts at a reset and when the
-    engine's drift detector fires on the entropy part (``drift_*``, the fast preset's); rows whose entropy
+    engine's drift detector fires on the entropy part (``drift_*``, the fast preset's, its values pooled over
+    ``drift_rows`` images: smaller batches are tested and learnt from together); rows whose entropy
     at the chosen α exceeds ``mix_threshold`` x log(C) (at most a ``mix_cap`` share of the batch, the most
     uncertain) are mixed with the zero-shot prediction by DaWin's λ. ``proportions="hard"``: the window's
-    proportions of argmax predictions (add-½ smoothed) instead of mean probabilities. The defaults are
+    proportions of argmax predictions (add-½ smoothed) instead of mean probabilities. ``tolerance``: the
+    divergence counts only beyond it (a hinge). The defaults are
     ``adawise-windowed``'s.
 
     Returns per-sample hits [M] and the chosen α index per sample [M].
@@ -320,6 +323,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
     centre = A // 2
     mu = var = 0.0
     seen = 0
+    pool, pool_rows = 0.0, 0  # the drift detector's values since the last learnt one (row-weighted)
     credit = 0.0
     hits = torch.zeros(len(s.batch), dtype=torch.bool)
     chosen = torch.zeros(len(s.batch), dtype=torch.long)
@@ -337,6 +341,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
         if divergence.startswith("sorted-"):  # how much more concentrated, whichever classes carry the mass
             pw = pw.sort(-1, descending=True).values
         div = _kl(pw, pw[:1]) if divergence.endswith("kl") else 0.5 * (pw - pw[:1]).abs().sum(-1)
+        div = (div - tolerance).clamp_min(0.0)
         scale = min(1.0, len(held) / rows) if ramp else 1.0
         if coverage:  # the window's class coverage at α = 0: exp(H(P_W(0))) / C
             scale *= float(torch.exp(-_plogp(pw[0]).sum())) / C
@@ -345,14 +350,16 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
     for b in range(s.nb):
         st, n = starts[b], int(counts[b])
         if s.setting == "reset_each_shift" and b > 0 and seg[b] != seg[b - 1]:
-            held, centre, seen, credit = None, A // 2, 0, 0.0
+            held, centre, seen, credit, pool, pool_rows = None, A // 2, 0, 0.0, 0.0, 0
         filled = held is None
         if filled:
             held = rows_probs(_strided(st, n, fill), centre)
         obj = objective(b)
         g = float(obj[centre] if drift_on == "objective" else ent[centre, b])
-        if restart and seen >= 1 and abs(g - mu) > drift_z * max(math.sqrt(var), drift_min_rel * abs(mu), 1e-8):
-            held, filled, seen = rows_probs(_strided(st, n, fill), centre), True, 0
+        pooled = (pool + g * n) / (pool_rows + n)
+        if (restart and seen >= 1 and pool_rows + n >= drift_rows
+                and abs(pooled - mu) > drift_z * max(math.sqrt(var), drift_min_rel * abs(mu), 1e-8)):
+            held, filled, seen, pool, pool_rows = rows_probs(_strided(st, n, fill), centre), True, 0, 0.0, 0
             obj = objective(b)
         c = int(_argmin(obj[:, None], centre)[0])
         logp = s.logp[c, st:st + n]
@@ -375,13 +382,16 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
             if k:
                 held = torch.cat([held, rows_probs(_strided(st, n, k), centre)])[-rows:]
         gc = float(obj[c] if drift_on == "objective" else ent[c, b])
-        if seen == 0:
-            mu, var, seen = gc, 0.0, 1
-        else:
-            d = gc - mu
-            mu += drift_beta * d
-            var = (1 - drift_beta) * (var + drift_beta * d * d)
-            seen += 1
+        pool, pool_rows = pool + gc * n, pool_rows + n
+        if pool_rows >= drift_rows:
+            gc, pool, pool_rows = pool / pool_rows, 0.0, 0
+            if seen == 0:
+                mu, var, seen = gc, 0.0, 1
+            else:
+                d = gc - mu
+                mu += drift_beta * d
+                var = (1 - drift_beta) * (var + drift_beta * d * d)
+                seen += 1
         centre = c
     return hits, chosen
 

@@ -242,11 +242,19 @@ def test_options_presets_and_registry() -> None:
 
 def test_drift_triggers_a_new_search() -> None:
     zs_a, ft_a = pair(0.7)
-    engine = AdaWiSE(zs_a, ft_a)
+    engine = AdaWiSE(zs_a, ft_a, drift_rows=32)  # every batch of 32 is one value of the detector
     for x in batches(6):
         engine(x)
     engine(10 * batches(1, seed=7)[0])  # a much more confident batch: the level moves
     assert engine.info["mode"] == "search" and engine.info["reason"] == "drift"
+    engine = AdaWiSE(zs_a, ft_a)  # the default pools 64 images: two batches of 32 make one value
+    for x in batches(6):
+        engine(x)
+    reasons = []
+    for x in batches(2, seed=7):
+        engine(10 * x)
+        reasons.append(engine.info["reason"])
+    assert reasons == [None, "drift"]
     engine.on_domain("next")  # off by default
     engine(batches(1, seed=8)[0])
     assert engine.info["reason"] != "domain"
@@ -324,8 +332,9 @@ def test_options_are_a_frozen_typed_config_checked_at_construction() -> None:
                 "drift_min_rel": 0.05, "drift_beta": 0.2, "drift_warmup": 1, "search_on_jump": 0.2,
                 "memory": "decay", "decay": 0.7, "refit": 500, "posterior": "closed_form", "incumbent": "model"}
     options = AdaWiSE(zs, ft).options()
+    # drift_rows came later (the detector pools small batches): it changed results, so the hashes too
     assert {k: options[k] for k in old_fast} == old_fast and set(options) == set(old_fast) | {
-        "preset", "objective", "seed", "amp_dtype"}
+        "preset", "objective", "seed", "amp_dtype", "drift_rows"} and options["drift_rows"] == 64
     faithful = PRESETS["faithful"].as_dict()
     assert (faithful["track"], faithful["init_design"], faithful["refit"], faithful["noise"]) == (
         False, [0.0, 0.5, 1.0], "every", "fit")

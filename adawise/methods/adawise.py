@@ -116,7 +116,7 @@ class AdaWiSE(WeightSpaceMethod):
         self.preset, self.objective, self.seed = preset, objective, int(seed)
         self.opts: AdaWiSEConfig = opts
         self.drift = DriftRule(z=opts.drift_z, min_rel=opts.drift_min_rel, beta=opts.drift_beta,
-                               warmup=opts.drift_warmup)
+                               warmup=opts.drift_warmup, rows=opts.drift_rows)
         self.bo = BayesOpt1D(
             grid_size=opts.grid_size, acquisition=opts.acquisition, ucb_beta=opts.ucb_beta,
             incumbent=opts.incumbent,
@@ -428,7 +428,7 @@ class AdaWiSE(WeightSpaceMethod):
         if o.track:
             g_cur = self._full(b, current)[1]
             if (reason is None and math.isfinite(g_cur)
-                    and self.drift.drifted(s.drift, self._drift_value(g_cur, current))):
+                    and self.drift.drifted(s.drift, self._drift_value(g_cur, current), n)):
                 reason = "drift"
                 if window is not None and o.window_restart:  # a new domain: its own proportions
                     window.clear()
@@ -480,7 +480,7 @@ class AdaWiSE(WeightSpaceMethod):
             restart = mode == "search" and reason != "periodic"
             d_center = self._drift_value(g_center, center)
             self.drift.update(s.drift, d_center, restart,
-                               d_center - self._drift_value(g_cur, current) if math.isfinite(g_cur) else 0.0)
+                              d_center - self._drift_value(g_cur, current) if math.isfinite(g_cur) else 0.0, n)
             s.since_search = 0 if mode == "search" else s.since_search + 1
         if mode == "search" or (mode == "probe" and _key(final) != _key(current)):
             s.probe_interval = float(self.probe_every())  # the landscape moved: look again soon

@@ -96,6 +96,7 @@ _RULES: dict[str, _Rule] = {
     "drift_min_rel": _NON_NEGATIVE,
     "drift_beta": (_number, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0),
     "drift_warmup": (_integer, "an integer >= 0", lambda v: v >= 0),
+    "drift_rows": _POSITIVE_INT,
     "search_on_jump": _optional(_NON_NEGATIVE),
     "memory": _choice("none", "window", "decay"),
     "decay": (_number, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0),
@@ -143,6 +144,9 @@ class AdaWiSEConfig(Mapping):
             disables it (:mod:`adawise.core.drift`). Fast: warm-up 1, so a jump right after a search (a
             domain change two batches after the last one) is caught at once by the
             ``drift_z * drift_min_rel`` (20%) floor (``benchmarks/RESULTS.md``).
+        drift_rows: images the detector pools into one value (64): batches of 64 or more are each one
+            value; smaller ones are pooled until 64 images were seen, so a batch of 8 is not mistaken
+            for a drift by the noise of its mean entropy (warm-up and statistics count pooled values).
         search_on_jump: run a cold search on the next batch when a probe moved the centre by at
             least this much (the landscape moved although the objective's level did not; None: never).
         search_every: also run a cold search (memory kept) every N batches (None: never).
@@ -213,6 +217,7 @@ class AdaWiSEConfig(Mapping):
     drift_min_rel: float = 0.05
     drift_beta: float = 0.2
     drift_warmup: int = 1
+    drift_rows: int = 64
     search_on_jump: float | None = 0.2
     memory: str = "decay"
     decay: float = 0.7
