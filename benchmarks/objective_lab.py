@@ -295,8 +295,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
                        drift_min_rel: float = 0.05, drift_beta: float = 0.2,
                        drift_on: str = "entropy", mix_cap: float | None = 0.5,
                        divergence: str = "kl", ramp: bool = True, ends: str = "both",
-                       proportions: str = "soft", coverage: bool = True, entry: int = 16, drift_rows: int = 64,
-                       tolerance: float = 0.0) -> tuple[Tensor, Tensor]:
+                       proportions: str = "soft", coverage: bool = True, entry: int = 16, drift_rows: int = 64) -> tuple[Tensor, Tensor]:
     """``adawise-windowed`` simulated online with what it computes, the BO search replaced by the exact
     grid minimum: per batch the mean entropy at each α + ``weight`` x min(1, held/rows) x the window's class
     coverage at α = 0 (``coverage``: exp(H(P_W(0))) / C) x KL of the window's proportions at α to those at
@@ -308,8 +307,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
     ``drift_rows`` images: smaller batches are tested and learnt from together); rows whose entropy
     at the chosen α exceeds ``mix_threshold`` x log(C) (at most a ``mix_cap`` share of the batch, the most
     uncertain) are mixed with the zero-shot prediction by DaWin's λ. ``proportions="hard"``: the window's
-    proportions of argmax predictions (add-½ smoothed) instead of mean probabilities. ``tolerance``: the
-    divergence counts only beyond it (a hinge). The defaults are
+    proportions of argmax predictions (add-½ smoothed) instead of mean probabilities. The defaults are
     ``adawise-windowed``'s.
 
     Returns per-sample hits [M] and the chosen α index per sample [M].
@@ -341,7 +339,6 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
         if divergence.startswith("sorted-"):  # how much more concentrated, whichever classes carry the mass
             pw = pw.sort(-1, descending=True).values
         div = _kl(pw, pw[:1]) if divergence.endswith("kl") else 0.5 * (pw - pw[:1]).abs().sum(-1)
-        div = (div - tolerance).clamp_min(0.0)
         scale = min(1.0, len(held) / rows) if ramp else 1.0
         if coverage:  # the window's class coverage at α = 0: exp(H(P_W(0))) / C
             scale *= float(torch.exp(-_plogp(pw[0]).sum())) / C
