@@ -454,17 +454,24 @@ class BayesOpt1D:
         dist = torch.where(free, dist, torch.full_like(dist, -1.0))
         return Suggestion(float(self.grid[int(torch.argmax(dist))]), math.inf, from_model=False)
 
-    def posterior_mean(self, xs: Sequence[float], known: Callable[[Tensor], Tensor] | None = None) -> list[float] | None:
-        """GP posterior mean of the objective at ``xs`` (``None`` without a usable GP); plus the ``known``
-        part (:meth:`suggest`) where given."""
+    def posterior_mean_sd(self, xs: Sequence[float] | Tensor) -> tuple[Tensor, Tensor] | None:
+        """GP posterior mean and standard deviation of the objective at ``xs`` (float64 tensors, the
+        closed-form posterior; ``None`` without a usable GP)."""
         x, y, w = self.data()
         if x.numel() < 2:
             return None
-        at = torch.tensor([float(v) for v in xs], dtype=_DOUBLE)
+        at = xs.to(_DOUBLE) if torch.is_tensor(xs) else torch.tensor([float(v) for v in xs], dtype=_DOUBLE)
         post = self._closed_form(x, -y, w, at)
+        return None if post is None else (-post[0], post[1])
+
+    def posterior_mean(self, xs: Sequence[float], known: Callable[[Tensor], Tensor] | None = None) -> list[float] | None:
+        """GP posterior mean of the objective at ``xs`` (``None`` without a usable GP); plus the ``known``
+        part (:meth:`suggest`) where given."""
+        at = torch.tensor([float(v) for v in xs], dtype=_DOUBLE)
+        post = self.posterior_mean_sd(at)
         if post is None:
             return None
-        mean = -post[0] if known is None else -post[0] + known(at).to(post[0])
+        mean = post[0] if known is None else post[0] + known(at).to(post[0])
         return [float(v) for v in mean]
 
     def recommend(self) -> float | None:

@@ -55,6 +55,13 @@ class DriftRule:
         sd = max(math.sqrt(stats.var), float(self.min_rel) * abs(stats.mu), 1e-8)
         return abs(pooled - stats.mu) > float(self.z) * sd
 
+    def shift(self, stats: DriftStats, delta: float) -> None:
+        """The caller moved its operating point between values, by ``delta`` in the watched value: the
+        mean and the pooled values move with it (in place)."""
+        if stats.n > 0:
+            stats.mu += delta
+        stats.pool_sum += delta * stats.pool_rows
+
     def update(self, stats: DriftStats, value: float, restart: bool, paired_shift: float, rows: int = 1) -> None:
         """Take ``value`` (a mean over ``rows`` rows) into ``stats`` (in place). A restart forgets
         everything before it. Otherwise the mean and the pooled values first move by ``paired_shift``
@@ -67,9 +74,8 @@ class DriftRule:
         if restart:
             stats.mu, stats.var, stats.n = 0.0, 0.0, 0
             stats.pool_sum, stats.pool_rows = 0.0, 0
-        elif stats.n > 0 or stats.pool_rows > 0:
-            stats.mu += paired_shift if stats.n > 0 else 0.0
-            stats.pool_sum += paired_shift * stats.pool_rows
+        else:
+            self.shift(stats, paired_shift)
         stats.pool_sum += value * int(rows)
         stats.pool_rows += int(rows)
         if stats.pool_rows < int(self.rows):

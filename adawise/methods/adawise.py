@@ -56,7 +56,7 @@ __all__ = ["AdaWiSE", "AdaWiSEConfig", "PRESETS", "SearchState"]
 
 
 #: options the log header records only for an objective with a proportion window
-_WINDOW_ONLY = ("window_coverage", "window_entry", "window_exact")
+_WINDOW_ONLY = ("window_coverage", "window_entry", "window_exact", "window_move")
 
 
 @register("adawise", default_run=True)
@@ -393,6 +393,33 @@ class AdaWiSE(WeightSpaceMethod):
             return current
         return min(full, key=lambda k: (full[k], abs(k - cur)))
 
+    def _window_move(self, center: float, ref: float) -> float:
+        """After rows entered the proportion window (its exact term changed at every α, with no pass):
+        the centre moves by up to ``window_move`` towards the α where the GP's pessimistic estimate of the
+        batch term (mean + one posterior sd) plus the window's new term is lowest, if that is below the
+        centre's estimate (mean) by the switch margin; the next batch's first pass is then made there.
+        Where the GP knows little (far from its observations) the sd keeps the centre where it is. The GP's
+        data and the drift statistics are re-expressed relative to the new centre."""
+        grid = self.bo.grid
+        at = torch.cat([grid, torch.tensor([float(center)], dtype=grid.dtype)])
+        post = self.bo.posterior_mean_sd(at)
+        if post is None:
+            return center
+        mean, sd = post
+        known = self._exact_term()(at).to(mean)
+        score = (mean + sd + known)[:-1]
+        i = int(torch.argmin(score))
+        if not float(score[i]) < float(mean[-1] + known[-1]) - float(self.opts.switch_margin) * max(abs(ref), 1e-8):
+            return center
+        step = float(self.opts.window_move)
+        new = _key(center + max(-step, min(step, float(grid[i]) - center)))
+        means = self.bo.posterior_mean([center, new])
+        if means is None:
+            return center
+        self.bo.shift(means[1] - means[0])
+        self.drift.shift(self._s.drift, means[1] - means[0])
+        return new
+
     # ------------------------------------------------------------------ drift
     def _drift_value(self, value: float, alpha: float) -> float:
         """What the drift detector watches: the objective, without the proportion window's term (the
@@ -457,6 +484,7 @@ class AdaWiSE(WeightSpaceMethod):
             else:
                 final = self._select(b, current, "sub", float(o.switch_margin))
         logits, g_final = self._full(b, final)  # reused: the search already made this pass
+        window_id = id(window.z0) if window is not None else None
         mixed = 0
         if torch.is_tensor(images) and (window is not None or o.mix_threshold is not None):
             first = _key(current) if _key(current) in b.full else next(iter(b.full))
@@ -487,6 +515,9 @@ class AdaWiSE(WeightSpaceMethod):
         elif mode == "probe":  # the probe lost: the search is stable, probe less often
             s.probe_interval = min(s.probe_interval * float(o.probe_backoff),
                                    max(float(o.probe_every_max), float(self.probe_every())))
+        if (o.window_move and mode in ("track", "probe") and _key(center) == _key(current)
+                and window is not None and id(window.z0) != window_id and self._exact_on()):
+            center = self._window_move(center, ref)  # rows entered the window: its term moved
         self.bo.next_batch()
         s.alpha, s.center, s.pending, s.batches = float(final), float(center), None, s.batches + 1
         jump = o.search_on_jump

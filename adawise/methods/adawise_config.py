@@ -79,6 +79,7 @@ _RULES: dict[str, _Rule] = {
     "window_coverage": _BOOL,
     "window_entry": _POSITIVE_INT,
     "window_exact": _BOOL,
+    "window_move": _optional((_number, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)),
     "mix_threshold": _optional((_number, "a fraction of log(classes) in [0, 1]", lambda v: 0.0 <= v <= 1.0)),
     "mix_cap": _optional((_number, "a share of the batch in (0, 1]", lambda v: 0.0 < v <= 1.0)),
     "track": _BOOL,
@@ -172,6 +173,11 @@ class AdaWiSEConfig(Mapping):
             a detected drift (``window_restart``; the detector then watches the entropy part only). With
             ``window_exact`` (and the closed-form grid posterior) the search adds the window's term exactly
             at every α and its GP models the batch's entropy alone.
+        window_move: when rows entered the window on a batch that ran no search, the centre moves by up
+            to this much (0.1) towards the α where the GP's mean + one sd of the batch term plus the window's
+            new term is lowest, if that beats the centre's estimate by ``switch_margin`` (no pass: the window
+            term is known at every α; the next batch's first pass is made there). ``None``: off. Needs
+            ``window_exact``.
         mix_threshold, mix_cap: after the prediction's α is chosen, rows whose entropy there exceeds
             ``mix_threshold`` x log(classes) (at most a ``mix_cap`` share of the batch, the most uncertain) are mixed
             per sample with the zero-shot model by DaWin's weight (one zero-shot pass over those rows; the
@@ -202,6 +208,7 @@ class AdaWiSEConfig(Mapping):
     window_coverage: bool = True
     window_entry: int = 16
     window_exact: bool = True
+    window_move: float | None = 0.1
     mix_threshold: float | None = None
     mix_cap: float | None = None
     track: bool = True
