@@ -246,3 +246,30 @@ def test_the_gp_sees_the_batch_term_alone_when_the_window_term_is_exact():
         term = window.penalty(a) - window.penalty(centre)
         assert abs(term) > 1e-3  # the window term differs between the αs compared
         assert seen[True][a] == pytest.approx(seen[False][a] - term, abs=1e-9)
+
+
+def test_the_centre_follows_the_window_term_only_where_the_gp_is_sure_of_the_batch_term():
+    """``window_move``: rows entering the window change its term at every α with no pass; the centre then
+    steps (by at most 0.1) towards the α where the GP's mean + sd of the batch term plus the new window term
+    is lowest, and stays where the GP's batch term says the window's gain is not worth it, or knows nothing."""
+    zs, ft = collapsed_pair()
+    engine = AdaWiSE(zs, ft, objective="windowed")
+    engine(images(torch.arange(64) % C, seed=1))  # fills the window with rows of a collapsed fine-tuned model
+    window = engine._s.window
+    assert window.penalty(0.3) < window.penalty(0.5) < window.penalty(0.7)  # the window prefers lower α
+    engine._s.center = 0.5
+
+    def gp_knows(batch_term) -> None:
+        engine.bo.clear()
+        for _ in range(3):
+            for a in (0.3, 0.4, 0.5, 0.6, 0.7):
+                engine.bo.observe(a, batch_term(a))
+
+    gp_knows(lambda a: 0.0)  # a flat batch term around the centre: the window decides
+    assert engine._window_move(0.5, ref=1.0) == pytest.approx(0.4)
+    gp_knows(lambda a: 20.0 * max(0.5 - a, 0.0))  # the batch term rises steeply below the centre
+    assert engine._window_move(0.5, ref=1.0) == 0.5
+    engine.bo.clear()  # no observations: no model to move by
+    assert engine._window_move(0.5, ref=1.0) == 0.5
+    with pytest.raises(ValueError, match="window_move"):
+        AdaWiSE(zs, ft, objective="windowed", window_move=1.5)
