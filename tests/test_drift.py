@@ -9,9 +9,11 @@ import pytest
 from adawise.core.drift import DriftRule, DriftStats
 
 
-def feed(rule: DriftRule, values: list[tuple[float, int]]) -> tuple[DriftStats, list[bool]]:
-    """Run the detector over (value, rows) pairs the way AdaWiSE does: test, then learn (a restart at a drift)."""
-    stats, fired = DriftStats(), []
+def feed(rule: DriftRule, values: list[tuple[float, int]],
+         stats: DriftStats | None = None) -> tuple[DriftStats, list[bool]]:
+    """Run the detector over (value, rows) pairs the way AdaWiSE does: test, then learn (a restart at a drift),
+    from ``stats`` (fresh statistics by default)."""
+    stats, fired = stats if stats is not None else DriftStats(), []
     for value, rows in values:
         drift = rule.drifted(stats, value, rows)
         fired.append(drift)
@@ -43,17 +45,8 @@ def test_small_batches_are_pooled_so_their_noise_is_not_a_drift() -> None:
         assert stats.n == 400 // 8  # one learnt value per 64 images
     # a real change of level is still caught, within one pool of images
     after = [(2.0 + 0.3 * rng.gauss(0, 1), 8) for _ in range(16)]
-    _, fired_after = feed_from(stats, DriftRule(z=4.0, min_rel=0.05, beta=0.2, warmup=1, rows=64), after)
+    _, fired_after = feed(DriftRule(z=4.0, min_rel=0.05, beta=0.2, warmup=1, rows=64), after, stats)
     assert any(fired_after[:8])
-
-
-def feed_from(stats: DriftStats, rule: DriftRule, values: list[tuple[float, int]]) -> tuple[DriftStats, list[bool]]:
-    fired = []
-    for value, rows in values:
-        drift = rule.drifted(stats, value, rows)
-        fired.append(drift)
-        rule.update(stats, value, drift, 0.0, rows)
-    return stats, fired
 
 
 def test_a_restart_starts_the_pool_afresh_and_a_shift_moves_the_pooled_values() -> None:
