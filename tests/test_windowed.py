@@ -273,3 +273,25 @@ def test_the_centre_follows_the_window_term_only_where_the_gp_is_sure_of_the_bat
     assert engine._window_move(0.5, ref=1.0) == 0.5
     with pytest.raises(ValueError, match="window_move"):
         AdaWiSE(zs, ft, objective="windowed", window_move=1.5)
+
+
+def test_the_centre_moves_between_passes_only_after_rows_entered_the_window():
+    """In the online loop: with ``window_move`` the centre changes on some batches that ran no search and whose
+    prediction stayed at the old centre (rows had just entered); without it, never."""
+    zs, ft = collapsed_pair()
+    labels = torch.arange(64 * 16) % C
+    x = images(labels, seed=2)
+    quiet_moves = {}
+    for move in (0.1, None):
+        engine = AdaWiSE(zs, ft, objective="windowed", window_move=move)
+        moves, centre = 0, engine._s.center
+        for batch in x.split(64):
+            rows_before = len(engine._s.window)
+            engine(batch)
+            info = engine.info
+            if info["mode"] in ("track", "probe") and not info["switched"] and info["center"] != centre:
+                assert info["window_rows"] != rows_before or rows_before == engine.opts.window_rows
+                moves += 1
+            centre = info["center"]
+        quiet_moves[move] = moves
+    assert quiet_moves[0.1] > 0 and quiet_moves[None] == 0

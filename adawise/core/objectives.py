@@ -131,10 +131,12 @@ class ProportionWindow:
             raise ValueError(f"window rows must be >= 1, got {rows}")
         self.rows, self.weight, self.divergence = int(rows), float(weight), divergence
         self.coverage = bool(coverage)
+        self.version = 0  # counts the changes of the held rows (a clear, an add)
         self.clear()
 
     def clear(self) -> None:
         """Forget every held row."""
+        self.version += 1
         self.z0: Tensor | None = None
         self.zc: Tensor | None = None
         self.z1: Tensor | None = None
@@ -163,6 +165,7 @@ class ProportionWindow:
             ac = torch.cat([self.ac, ac])
         keep = slice(max(len(z0) - self.rows, 0), None)
         self.z0, self.zc, self.z1, self.ac = z0[keep], zc[keep], z1[keep], ac[keep]
+        self.version += 1
         self._cache, self._grid, self._penalty = {}, None, {}
 
     def logits(self, alpha: float | Tensor) -> Tensor:

@@ -484,7 +484,7 @@ class AdaWiSE(WeightSpaceMethod):
             else:
                 final = self._select(b, current, "sub", float(o.switch_margin))
         logits, g_final = self._full(b, final)  # reused: the search already made this pass
-        window_id = id(window.z0) if window is not None else None
+        version = window.version if window is not None else None
         mixed = 0
         if torch.is_tensor(images) and (window is not None or o.mix_threshold is not None):
             first = _key(current) if _key(current) in b.full else next(iter(b.full))
@@ -516,7 +516,7 @@ class AdaWiSE(WeightSpaceMethod):
             s.probe_interval = min(s.probe_interval * float(o.probe_backoff),
                                    max(float(o.probe_every_max), float(self.probe_every())))
         if (o.window_move and mode in ("track", "probe") and _key(center) == _key(current)
-                and window is not None and id(window.z0) != window_id and self._exact_on()):
+                and window is not None and window.version != version and self._exact_on()):
             center = self._window_move(center, ref)  # rows entered the window: its term moved
         self.bo.next_batch()
         s.alpha, s.center, s.pending, s.batches = float(final), float(center), None, s.batches + 1
