@@ -312,6 +312,8 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
 
     Returns per-sample hits [M] and the chosen α index per sample [M].
     """
+    from adawise.core.drift import DriftRule, DriftStats
+
     A, C = len(s.alphas), s.logp.shape[-1]
     ent = s.batch_mean(_entropy(s.logp))
     counts = torch.bincount(s.batch, minlength=s.nb)
@@ -319,9 +321,8 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
     seg = s.segment.tolist()
     held: Tensor | None = None  # [k, A, C] probabilities of the held rows at every grid α
     centre = A // 2
-    mu = var = 0.0
-    seen = 0
-    pool, pool_rows = 0.0, 0  # the drift detector's values since the last learnt one (row-weighted)
+    detector = DriftRule(z=drift_z, min_rel=drift_min_rel, beta=drift_beta, warmup=1, rows=drift_rows)
+    drift = DriftStats()  # the engine's detector, on the values the simulation sees
     credit = 0.0
     hits = torch.zeros(len(s.batch), dtype=torch.bool)
     chosen = torch.zeros(len(s.batch), dtype=torch.long)
@@ -347,16 +348,15 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
     for b in range(s.nb):
         st, n = starts[b], int(counts[b])
         if s.setting == "reset_each_shift" and b > 0 and seg[b] != seg[b - 1]:
-            held, centre, seen, credit, pool, pool_rows = None, A // 2, 0, 0.0, 0.0, 0
+            held, centre, credit, drift = None, A // 2, 0.0, DriftStats()
         filled = held is None
         if filled:
             held = rows_probs(_strided(st, n, fill), centre)
         obj = objective(b)
         g = float(obj[centre] if drift_on == "objective" else ent[centre, b])
-        pooled = (pool + g * n) / (pool_rows + n)
-        if (restart and seen >= 1 and pool_rows + n >= drift_rows
-                and abs(pooled - mu) > drift_z * max(math.sqrt(var), drift_min_rel * abs(mu), 1e-8)):
-            held, filled, seen, pool, pool_rows = rows_probs(_strided(st, n, fill), centre), True, 0, 0.0, 0
+        drifted = restart and detector.drifted(drift, g, n)
+        if drifted:
+            held, filled = rows_probs(_strided(st, n, fill), centre), True
             obj = objective(b)
         c = int(_argmin(obj[:, None], centre)[0])
         logp = s.logp[c, st:st + n]
@@ -378,17 +378,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
             credit -= k
             if k:
                 held = torch.cat([held, rows_probs(_strided(st, n, k), centre)])[-rows:]
-        gc = float(obj[c] if drift_on == "objective" else ent[c, b])
-        pool, pool_rows = pool + gc * n, pool_rows + n
-        if pool_rows >= drift_rows:
-            gc, pool, pool_rows = pool / pool_rows, 0.0, 0
-            if seen == 0:
-                mu, var, seen = gc, 0.0, 1
-            else:
-                d = gc - mu
-                mu += drift_beta * d
-                var = (1 - drift_beta) * (var + drift_beta * d * d)
-                seen += 1
+        detector.update(drift, float(obj[c] if drift_on == "objective" else ent[c, b]), drifted, 0.0, n)
         centre = c
     return hits, chosen
 
