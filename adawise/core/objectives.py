@@ -136,11 +136,15 @@ class ProportionWindow:
 
     def clear(self) -> None:
         """Forget every held row."""
-        self.version += 1
         self.z0: Tensor | None = None
         self.zc: Tensor | None = None
         self.z1: Tensor | None = None
         self.ac: Tensor | None = None
+        self._changed()
+
+    def _changed(self) -> None:
+        """The held rows changed: a new version, and every cached proportion and penalty is stale."""
+        self.version += 1
         self._cache: dict[float, Tensor] = {}
         self._grid: tuple[Tensor, Tensor] | None = None
         self._penalty: dict[float, float] = {}
@@ -165,8 +169,7 @@ class ProportionWindow:
             ac = torch.cat([self.ac, ac])
         keep = slice(max(len(z0) - self.rows, 0), None)
         self.z0, self.zc, self.z1, self.ac = z0[keep], zc[keep], z1[keep], ac[keep]
-        self.version += 1
-        self._cache, self._grid, self._penalty = {}, None, {}
+        self._changed()
 
     def logits(self, alpha: float | Tensor) -> Tensor:
         """The held rows' logits at θ(α), interpolated through (0, centre, 1): ``[rows, C]``; for a 1-D

@@ -400,24 +400,28 @@ class AdaWiSE(WeightSpaceMethod):
         centre's estimate (mean) by the switch margin; the next batch's first pass is then made there.
         Where the GP knows little (far from its observations) the sd keeps the centre where it is. The GP's
         data and the drift statistics are re-expressed relative to the new centre."""
-        grid = self.bo.grid
-        at = torch.cat([grid, torch.tensor([float(center)], dtype=grid.dtype)])
-        post = self.bo.posterior_mean_sd(at)
+        grid, step = self.bo.grid, float(self.opts.window_move)
+        g = len(grid)
+        # one posterior over the grid, the centre and the two steps of most window_move from it
+        ends = [_key(center), _key(center - step), _key(center + step)]
+        post = self.bo.posterior_mean_sd(torch.cat([grid, torch.tensor(ends, dtype=grid.dtype)]))
         if post is None:
             return center
         mean, sd = post
-        known = self._exact_term()(at).to(mean)
-        score = (mean + sd + known)[:-1]
+        known = self._exact_term()(torch.cat([grid, grid.new_tensor(ends[:1])])).to(mean)
+        score = mean[:g] + sd[:g] + known[:g]
         i = int(torch.argmin(score))
-        if not float(score[i]) < float(mean[-1] + known[-1]) - float(self.opts.switch_margin) * max(abs(ref), 1e-8):
+        if not float(score[i]) < float(mean[g] + known[g]) - float(self.opts.switch_margin) * max(abs(ref), 1e-8):
             return center
-        step = float(self.opts.window_move)
-        new = _key(center + max(-step, min(step, float(grid[i]) - center)))
-        means = self.bo.posterior_mean([center, new])
-        if means is None:
-            return center
-        self.bo.shift(means[1] - means[0])
-        self.drift.shift(self._s.drift, means[1] - means[0])
+        target = float(grid[i])
+        if abs(target - center) <= step:
+            new, at_new = _key(target), float(mean[i])
+        else:
+            j = 1 if target < center else 2
+            new, at_new = ends[j], float(mean[g + j])
+        delta = at_new - float(mean[g])  # the GP's batch term at the new centre less at the old
+        self.bo.shift(delta)
+        self.drift.shift(self._s.drift, delta)
         return new
 
     # ------------------------------------------------------------------ drift
