@@ -295,7 +295,8 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
                        drift_min_rel: float = 0.05, drift_beta: float = 0.2,
                        drift_on: str = "entropy", mix_cap: float | None = 0.5,
                        divergence: str = "kl", ramp: bool = True, ends: str = "both",
-                       proportions: str = "soft", coverage: bool = True, entry: int = 16, drift_rows: int = 64) -> tuple[Tensor, Tensor]:
+                       proportions: str = "soft", coverage: bool = True, entry: int = 16,
+                       drift_rows: int = 64) -> tuple[Tensor, Tensor]:
     """``adawise-windowed`` simulated online with what it computes, the BO search replaced by the exact
     grid minimum: per batch the mean entropy at each α + ``weight`` x min(1, held/rows) x the window's class
     coverage at α = 0 (``coverage``: exp(H(P_W(0))) / C) x KL of the window's proportions at α to those at
@@ -337,9 +338,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
         pw = held.mean(0)
         if proportions == "hard":
             pw = (pw * len(held) + 0.5) / (len(held) + 0.5 * C)
-        if divergence.startswith("sorted-"):  # how much more concentrated, whichever classes carry the mass
-            pw = pw.sort(-1, descending=True).values
-        div = _kl(pw, pw[:1]) if divergence.endswith("kl") else 0.5 * (pw - pw[:1]).abs().sum(-1)
+        div = _kl(pw, pw[:1]) if divergence == "kl" else 0.5 * (pw - pw[:1]).abs().sum(-1)
         scale = min(1.0, len(held) / rows) if ramp else 1.0
         if coverage:  # the window's class coverage at α = 0: exp(H(P_W(0))) / C
             scale *= float(torch.exp(-_plogp(pw[0]).sum())) / C
