@@ -199,6 +199,22 @@ def test_acquisition_choices_and_optimize_acqf() -> None:
         BayesOpt1D(acquisition="pi")
 
 
+def test_ucb_beta_override_trades_exploration_for_the_mean() -> None:
+    """The same data: UCB with the full trade-off goes to the unexplored end, a small override stays by the
+    observed minimum; a bad override is refused by name."""
+    bo = BayesOpt1D(posterior="closed_form", refit="never", min_distance=0.01)
+    for x in (0.4, 0.5, 0.6, 0.55, 0.45):
+        bo.observe(x, (x - 0.5) ** 2)
+    explore = bo.suggest(acquisition="ucb", ucb_beta=100.0)
+    exploit = bo.suggest(acquisition="ucb", ucb_beta=0.01)
+    assert explore is not None and exploit is not None
+    assert min(explore.x, 1 - explore.x) < 0.2, explore  # far from every observation
+    assert abs(exploit.x - 0.5) < 0.1, exploit
+    assert bo.suggest(acquisition="ucb").x == bo.suggest(acquisition="ucb", ucb_beta=bo.ucb_beta).x
+    with pytest.raises(ValueError, match="ucb_beta"):
+        bo.suggest(acquisition="ucb", ucb_beta=-1.0)
+
+
 def test_online_noise_estimate_tracks_the_residuals() -> None:
     bo = BayesOpt1D(posterior="closed_form", refit="never", memory="window", window=50, noise="online")
     g = torch.Generator().manual_seed(0)

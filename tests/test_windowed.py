@@ -184,6 +184,27 @@ def test_windowed_options_are_checked():
     assert "adawise-windowed" in adawise.registered_methods()
 
 
+def test_probe_ucb_trade_off_shrinks_with_the_batch_rows():
+    """``ucb_rows``: a probe on a batch of 8 rows explores with 8/64 of ``ucb_beta``, a batch of 64 or more
+    with all of it; off (plain ``adawise``), every batch gets ``ucb_beta`` and the log header omits it."""
+    from adawise.methods.adawise_state import _Batch
+
+    zs, ft = collapsed_pair()
+    method = adawise.make_method("adawise-windowed", zeroshot=zs, finetuned=ft)
+    assert method.options()["ucb_rows"] == 64
+
+    def batch(n: int) -> _Batch:
+        x = images(torch.zeros(n, dtype=torch.long))
+        return _Batch(images=x, sub_images=x, fraction=1.0)
+
+    assert method._probe_beta(batch(8)) == pytest.approx(9.0 * 8 / 64)
+    assert method._probe_beta(batch(64)) == method._probe_beta(batch(200)) == 9.0
+    plain = AdaWiSE(zs, ft)
+    assert plain._probe_beta(batch(8)) == 9.0 and "ucb_rows" not in plain.options()
+    with pytest.raises(ValueError, match="ucb_rows"):
+        AdaWiSE(zs, ft, ucb_rows=0)
+
+
 def test_class_coverage_scales_the_anchor_down_on_few_classes():
     """The anchor is scaled by exp(H(P_W(0))) / C: 1 on a window covering every class evenly, about 1/C on
     one holding a single class, and the unscaled penalty times that share in between."""

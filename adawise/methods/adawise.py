@@ -57,6 +57,8 @@ __all__ = ["AdaWiSE", "AdaWiSEConfig", "PRESETS", "SearchState"]
 
 #: options the log header records only for an objective with a proportion window
 _WINDOW_ONLY = ("window_coverage", "window_entry", "window_exact", "window_move")
+#: options added later that the log header records only when set (earlier log headers and config hashes unchanged)
+_ADDED_OFF = ("ucb_rows",)
 
 
 @register("adawise", default_run=True)
@@ -150,6 +152,9 @@ class AdaWiSE(WeightSpaceMethod):
         out.update(self.opts.as_dict())
         if self.objective not in NEEDS_WINDOW:  # options added with the window's coverage: where it is used only
             for key in _WINDOW_ONLY:            # (the other objectives' log headers and config hashes unchanged)
+                out.pop(key)
+        for key in _ADDED_OFF:
+            if out[key] is None:
                 out.pop(key)
         return out
 
@@ -360,6 +365,12 @@ class AdaWiSE(WeightSpaceMethod):
                 break
             self._observe(b, _key(s.x), self._value(b, s.x, on) - ref, on, predicted=s)
 
+    def _probe_beta(self, b: _Batch) -> float:
+        """A probe's UCB trade-off: ``ucb_beta`` x min(1, the batch's rows / ``ucb_rows``)."""
+        rows = self.opts.ucb_rows
+        beta = float(self.opts.ucb_beta)
+        return beta if rows is None else beta * min(1.0, len(b.images) / rows)
+
     def _probe(self, b: _Batch, ref: float) -> None:
         """Probe BO-proposed αs on the sub-batch rows, unless the GP expects too little from them."""
         self._observe_known(b, "sub", ref)
@@ -368,7 +379,7 @@ class AdaWiSE(WeightSpaceMethod):
         for _ in range(int(self.opts.probe_evals)):
             acquisition = cycle[self._s.probes % len(cycle)]
             self._s.probes += 1
-            s = self.bo.suggest(acquisition=acquisition, known=self._exact_term())
+            s = self.bo.suggest(acquisition=acquisition, known=self._exact_term(), ucb_beta=self._probe_beta(b))
             if s is None or s.ei < floor:
                 break
             self._observe(b, _key(s.x), self._value(b, s.x, "sub") - ref, "sub", predicted=s)

@@ -63,6 +63,7 @@ _RULES: dict[str, _Rule] = {
     "probe_backoff": (_number, "a number >= 1", lambda v: v >= 1.0),
     "probe_every_max": _POSITIVE_INT,
     "ucb_beta": _NON_NEGATIVE,
+    "ucb_rows": _optional(_POSITIVE_INT),
     "min_distance": _NON_NEGATIVE,
     "fit_maxiter": _optional(_POSITIVE_INT),
     "window": _POSITIVE_INT,
@@ -161,6 +162,10 @@ class AdaWiSEConfig(Mapping):
         posterior: ``"botorch"`` or ``"closed_form"`` (same GP, less overhead: ``benchmarks/RESULTS.md``).
         grid_size, acquisition, ucb_beta, incumbent, acq_optimizer, min_distance: options of
             :class:`~adawise.core.bayesopt.BayesOpt1D`.
+        ucb_rows: a probe's UCB trade-off shrinks with the rows it is measured on: ``ucb_beta`` x
+            min(1, rows / ``ucb_rows``) (``None``: ``ucb_beta`` always; ``adawise-windowed``: 64). A small
+            batch's probes are noisy and 8 times as many per image at batch 8 as at batch 64; with the full
+            trade-off every second one goes to an end of [0, 1] and the search spends its images there.
         window_rows, window_stride, window_entry, window_fill, window_weight, window_divergence,
         window_coverage, window_restart: the ``windowed`` objective's
             :class:`~adawise.core.objectives.ProportionWindow`: it holds ``window_rows`` rows (128), one per
@@ -192,6 +197,7 @@ class AdaWiSEConfig(Mapping):
     probe_backoff: float = 1.0
     probe_every_max: int = 8
     ucb_beta: float = 9.0
+    ucb_rows: int | None = None
     min_distance: float = 0.01
     fit_maxiter: int | None = None
     window: int = 8

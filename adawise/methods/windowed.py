@@ -15,5 +15,5 @@ from adawise.methods.registry import register
 __all__ = ["WINDOWED_DEFAULTS"]
 
 #: the registered configuration of ``adawise-windowed`` (figures behind it: benchmarks/RESULTS.md)
-WINDOWED_DEFAULTS: dict[str, Any] = {"mix_threshold": 0.3, "mix_cap": 0.5, "probe_every": 3}
+WINDOWED_DEFAULTS: dict[str, Any] = {"mix_threshold": 0.3, "mix_cap": 0.5, "probe_every": 3, "ucb_rows": 64}
 register("adawise-windowed")(variant("windowed", **WINDOWED_DEFAULTS))
