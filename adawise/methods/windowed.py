@@ -1,9 +1,9 @@
 """``adawise-windowed``: AdaWiSE with the ``windowed`` objective (:class:`~adawise.core.objectives.ProportionWindow`)
 and the per-sample zero-shot mix of its unsure rows, in the one configuration registered for every
 stream type (objective lab and real-engine runs in ``docs/adaptive_alpha.md``; a probe every third
-batch, which pays for its window and mix passes: 2.24x plain inference on CPU with it, 2.36x before
-``window_move``, 2.54x then with a probe every second batch, the same accuracy within the engine's
-stream-to-stream spread)."""
+batch, which pays for its window and mix passes: 2.11x plain inference on CPU with it (2.24x on an earlier
+machine), 2.36x there before ``window_move``, 2.54x then with a probe every second batch, the same
+accuracy within the engine's stream-to-stream spread)."""
 
 from __future__ import annotations
 
