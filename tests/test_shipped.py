@@ -169,9 +169,28 @@ def test_ci_the_tiny_recipe_reproduces_the_shipped_reference(trained):
     assert reference is not None, (f"no tiny reference for world {world.key} (shipped: "
                                    f"{list(manifest['references'])}): the tiny recipe's key changed; reship with "
                                    "benchmarks/check_shipped.py --reship")
-    assert _hashes(world) == reference["weights_hash"], (
+    want = ship.reference_hashes(manifest, world.key)
+    if want is None:
+        pytest.skip(f"no tiny reference for CPU kernel set {ship.cpu_capability()} (recorded: "
+                    f"{sorted(reference.get('weights_hash_by_cpu', {}))}, built on "
+                    f"{manifest['built_with'].get('cpu_capability')}): bit-exact weights are only expected within one "
+                    "kernel set; record one with `python benchmarks/check_shipped.py --add-cpu-reference`")
+    assert _hashes(world) == want, (
         "the training code now makes other weights than the shipped ones: if intended, retrain and ship them "
         "with `python benchmarks/check_shipped.py --reship`")
+
+
+def test_reference_hashes_are_chosen_by_cpu_kernel_set():
+    """A kernel set's own entry wins; the builder's hashes serve its kernel set (or any, when it was not
+    recorded); another kernel set without an entry gets none (the caller skips: bits differ there)."""
+    ref = {"weights_hash": {"clip": "built"}, "weights_hash_by_cpu": {"AVX2": {"clip": "avx2"}}}
+    unrecorded = {"built_with": {"torch": "x"}, "references": {"k": ref}}
+    assert ship.reference_hashes(unrecorded, "k", "AVX2") == {"clip": "avx2"}
+    assert ship.reference_hashes(unrecorded, "k", "AVX512") == {"clip": "built"}
+    recorded = {"built_with": {"cpu_capability": "AVX512"}, "references": {"k": ref}}
+    assert ship.reference_hashes(recorded, "k", "AVX512") == {"clip": "built"}
+    assert ship.reference_hashes(recorded, "k", "DEFAULT") is None
+    assert ship.reference_hashes(recorded, "missing", "AVX2") is None
 
 
 @needs_data

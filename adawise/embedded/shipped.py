@@ -53,7 +53,7 @@ from adawise.embedded.world import _doc_hash, _remove
 
 __all__ = ["WEIGHT_MODULES", "UNWEIGHTED_IMPORTS", "SHIPPED_ROOT", "MARKER", "code_hash", "source_hash",
            "read_manifest", "ShippedEntry", "shipped_entry", "materialise", "is_materialised", "export_world",
-           "write_manifest", "file_sha256"]
+           "write_manifest", "file_sha256", "cpu_capability", "reference_hashes", "add_cpu_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,43 @@ def export_world(world_dir: Path, pretrained_dir: Path, dest: Path) -> dict[str,
     return {"recipe": world_doc["recipe"], "world_doc": world_doc, "pretrained_doc": pre_doc, "files": files}
 
 
+def cpu_capability() -> str:
+    """The CPU kernel set torch dispatches to here (``"AVX2"``, ``"AVX512"``, ...): one torch version trains
+    bit-identical weights only within one kernel set (the same recipe differs in the last bits elsewhere)."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def reference_hashes(manifest: Mapping[str, Any], key: str, cpu: str | None = None) -> dict[str, str] | None:
+    """The tiny reference's expected weights hashes for CPU kernel set ``cpu`` (default: this machine's): the
+    hashes recorded for that kernel set, else those of the machine that wrote the manifest when its kernel set
+    is that one or was not recorded; ``None`` when nothing applies (another kernel set, no reference)."""
+    reference = manifest.get("references", {}).get(key)
+    if reference is None:
+        return None
+    cpu = cpu or cpu_capability()
+    by_cpu = reference.get("weights_hash_by_cpu", {})
+    if cpu in by_cpu:
+        return dict(by_cpu[cpu])
+    if manifest.get("built_with", {}).get("cpu_capability") in (None, cpu):
+        return dict(reference["weights_hash"])
+    return None
+
+
+def add_cpu_reference(root: Path, key: str, hashes: Mapping[str, str], cpu: str | None = None) -> dict[str, Any]:
+    """Record the tiny reference's weights hashes as trained on CPU kernel set ``cpu`` (default: this
+    machine's) in ``root/manifest.json``, leaving every other entry (and ``built_with``) as it is."""
+    manifest = read_manifest(root)
+    if manifest is None or key not in manifest.get("references", {}):
+        raise ValueError(f"{Path(root) / MANIFEST}: no tiny reference {key!r} to add a CPU entry to; reship first")
+    manifest["references"][key].setdefault("weights_hash_by_cpu", {})[cpu or cpu_capability()] = dict(hashes)
+    manifest.pop("doc_hash", None)
+    manifest["doc_hash"] = _doc_hash(manifest)
+    (Path(root) / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
 def write_manifest(root: Path, worlds: Mapping[str, Any], references: Mapping[str, Any],
                    code: str | None = None) -> dict[str, Any]:
     """Write ``root/manifest.json``: the shipped worlds, the hash-only references, the code hash and versions."""
@@ -303,7 +340,7 @@ def write_manifest(root: Path, worlds: Mapping[str, Any], references: Mapping[st
 
     doc = {"format": FORMAT, "code_hash": code or code_hash(), "weight_modules": list(WEIGHT_MODULES),
            "built_with": {"torch": torch.__version__, "open_clip": open_clip.__version__,
-                          "python": sys.version.split()[0]},
+                          "python": sys.version.split()[0], "cpu_capability": cpu_capability()},
            "worlds": dict(worlds), "references": dict(references),
            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     doc["doc_hash"] = _doc_hash(doc)
