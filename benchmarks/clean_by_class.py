@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     for seed_world in [int(s) for s in args.seed_worlds.split(",")]:
         cache = lab.load_logits(list(lab.LAB_DOMAINS), seed_world=seed_world)
-        sub = lab.LabLogits(cache.alphas[::2], {k: v[::2] for k, v in cache.logits.items()}, cache.labels,
-                            cache.world, cache.shift_hash, cache.seed)
+        sub = lab.on_grid(cache)
         classes = next(iter(sub.logits.values())).shape[-1]
         header = " | ".join(f"{c}" for c in range(classes))
         print(f"\n## world seed {seed_world} ({cache.world}): clean accuracy % per class\n")

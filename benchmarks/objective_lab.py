@@ -140,6 +140,14 @@ def load_logits(domains: Sequence[str], world: Any = None, *, seed_world: int = 
     return LabLogits(grid, out, y.clone(), world.key, shift_hash, seed)
 
 
+def on_grid(cache: LabLogits, alphas: int = 11) -> LabLogits:
+    """The cache on a coarser grid of ``alphas`` equally spaced αs (a divisor of its 21 minus one: 11 is 0.1
+    steps)."""
+    step = 20 // (alphas - 1)
+    return LabLogits(cache.alphas[::step], {k: v[::step] for k, v in cache.logits.items()}, cache.labels,
+                     cache.world, cache.shift_hash, cache.seed)
+
+
 # ------------------------------------------------------------------------------------------ streams
 @dataclass
 class LabStream:
@@ -523,9 +531,7 @@ def run_lab(args: argparse.Namespace, seed_world: int) -> dict[str, Any]:
     world = _world(seed_world, args.recipe)
     cache = load_logits(domains, world, per_domain=args.per_domain, seed=args.seed)
     engine = [m for m in args.engine.split(",") if m]
-    step = 20 // (int(args.alphas) - 1)
-    sub = LabLogits(cache.alphas[::step], {k: v[::step] for k, v in cache.logits.items()}, cache.labels,
-                    cache.world, cache.shift_hash, cache.seed)
+    sub = on_grid(cache, int(args.alphas))
     print(f"== objective lab: world {cache.world} (seed {seed_world}), shift code {cache.shift_hash}, "
           f"{len(domains)} domains x {len(cache.labels)} images, α grid {sub.alphas} "
           f"(logits ready in {time.perf_counter() - t0:.0f} s)", flush=True)

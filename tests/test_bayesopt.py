@@ -259,4 +259,4 @@ def test_a_known_term_is_added_exactly_and_only_the_rest_is_modelled() -> None:
     with pytest.raises(ValueError, match="closed_form"):
         BayesOpt1D(posterior="botorch")._scores(torch.tensor([0.0, 1.0], dtype=torch.float64),
                                                 torch.tensor([0.0, -1.0], dtype=torch.float64),
-                                                torch.ones(2, dtype=torch.float64), "logei", known)
+                                                torch.ones(2, dtype=torch.float64), "logei", 9.0, known)

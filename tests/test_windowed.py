@@ -181,7 +181,6 @@ def test_windowed_options_are_checked():
         AdaWiSE(zs, ft, objective="windowed", window_fill=0)
     method = adawise.make_method("adawise-windowed", zeroshot=zs, finetuned=ft)
     assert method.objective == "windowed" and method.options()["mix_threshold"] == 0.3
-    assert method.options()["ucb_rows"] == 64
     assert "adawise-windowed" in adawise.registered_methods()
 
 

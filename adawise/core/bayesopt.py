@@ -364,21 +364,19 @@ class BayesOpt1D:
         """
         return closed_form_posterior(x, y_neg, self._noise(y_neg) / w, at, self._s.hypers)
 
-    def _acq_function(self, model: SingleTaskGP, acquisition: str, best_f: Tensor,
-                      ucb_beta: float | None = None) -> Any:
+    def _acq_function(self, model: SingleTaskGP, acquisition: str, best_f: Tensor, ucb_beta: float) -> Any:
         if acquisition == "ucb":
-            return UpperConfidenceBound(model, beta=self.ucb_beta if ucb_beta is None else ucb_beta)
+            return UpperConfidenceBound(model, beta=ucb_beta)
         cls = LogExpectedImprovement if acquisition == "logei" else ExpectedImprovement
         return cls(model, best_f=best_f)
 
-    def _scores(self, x: Tensor, y_neg: Tensor, w: Tensor, acquisition: str,
-                known: Callable[[Tensor], Tensor] | None = None,
-                ucb_beta: float | None = None) -> tuple[Any, ...] | None:
+    def _scores(self, x: Tensor, y_neg: Tensor, w: Tensor, acquisition: str, ucb_beta: float,
+                known: Callable[[Tensor], Tensor] | None = None) -> tuple[Any, ...] | None:
         """Over the grid, original units: (score to maximise, log EI, posterior mean and std of the
         modelled part of the objective or ``None``, (BoTorch model, incumbent) or ``None``); ``None`` when
-        the GP is unusable (singular kernel matrix). ``known``, ``ucb_beta``: see :meth:`suggest`."""
+        the GP is unusable (singular kernel matrix). ``ucb_beta``: UCB's trade-off; ``known``: see
+        :meth:`suggest`."""
         g = self.grid_size
-        beta = self.ucb_beta if ucb_beta is None else float(ucb_beta)
         if self.posterior == "closed_form" and self.acq_optimizer == "grid":
             at = torch.cat([self.grid, x])
             post = self._closed_form(x, y_neg, w, at)
@@ -394,7 +392,7 @@ class BayesOpt1D:
             mu, sd = mu[:g], sd[:g]
             log_ei = log_expected_improvement((mu - best_f) / sd) + sd.log()
             # "ei" and "logei" share their argmax; the log form is the numerically safe one
-            score = mu + math.sqrt(beta) * sd if acquisition == "ucb" else log_ei
+            score = mu + math.sqrt(ucb_beta) * sd if acquisition == "ucb" else log_ei
             return score, log_ei, moments, None
         if known is not None:
             raise ValueError("a known objective term needs posterior='closed_form' and acq_optimizer='grid'")
@@ -406,7 +404,7 @@ class BayesOpt1D:
                 if acquisition == "logei":
                     score = log_ei
                 else:
-                    score = self._acq_function(model, acquisition, best_f, beta)(self.grid[:, None, None])
+                    score = self._acq_function(model, acquisition, best_f, ucb_beta)(self.grid[:, None, None])
                     if acquisition == "ei":
                         score = score.clamp_min(1e-300).log()
         except RuntimeError:  # e.g. NotPSDError from a degenerate kernel matrix
@@ -427,7 +425,8 @@ class BayesOpt1D:
         optimizer's UCB trade-off for this call (UCB only).
         """
         acquisition = acquisition or self.acquisition
-        if ucb_beta is not None and not (math.isfinite(float(ucb_beta)) and float(ucb_beta) >= 0):
+        beta = self.ucb_beta if ucb_beta is None else float(ucb_beta)
+        if not (math.isfinite(beta) and beta >= 0):
             raise ValueError(f"ucb_beta must be a finite number >= 0, got {ucb_beta!r}")
         _check_choice("acquisition", acquisition, ACQUISITIONS)
         taken = torch.tensor([o[0] for o in self.current()] + [float(e) for e in exclude], dtype=_DOUBLE)
@@ -440,7 +439,7 @@ class BayesOpt1D:
         scored = None
         if x.numel() >= 2:
             self._maybe_fit(x, -y)
-            scored = self._scores(x, -y, w, acquisition, known, ucb_beta)
+            scored = self._scores(x, -y, w, acquisition, beta, known)
         if scored is None or not bool(torch.isfinite(scored[0][free]).any()):
             return self._space_filling(taken, free)
         score, log_ei, moments, built = scored
@@ -449,8 +448,9 @@ class BayesOpt1D:
         mean, std = (float(moments[0][i]), float(moments[1][i])) if moments is not None else (math.nan, math.nan)
         best = Suggestion(float(self.grid[i]), float(log_ei[i]), mean=mean, std=std)
         if self.acq_optimizer == "optimize_acqf" and built is not None:
-            best = refine_with_optimize_acqf(self._acq_function(built[0], acquisition, built[1], ucb_beta), taken, best,
-                                             float(score[i]), acquisition, self.min_distance, self._gen)
+            acq = self._acq_function(built[0], acquisition, built[1], beta)
+            best = refine_with_optimize_acqf(acq, taken, best, float(score[i]), acquisition, self.min_distance,
+                                             self._gen)
         return best
 
     def _space_filling(self, taken: Tensor, free: Tensor) -> Suggestion:

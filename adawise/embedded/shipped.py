@@ -326,10 +326,15 @@ def add_cpu_reference(root: Path, key: str, hashes: Mapping[str, str], cpu: str 
     if manifest is None or key not in manifest.get("references", {}):
         raise ValueError(f"{Path(root) / MANIFEST}: no tiny reference {key!r} to add a CPU entry to; reship first")
     manifest["references"][key].setdefault("weights_hash_by_cpu", {})[cpu or cpu_capability()] = dict(hashes)
-    manifest.pop("doc_hash", None)
-    manifest["doc_hash"] = _doc_hash(manifest)
-    (Path(root) / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return _write_manifest_doc(root, manifest)
+
+
+def _write_manifest_doc(root: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """Seal ``doc`` with its ``doc_hash`` and write it as ``root/manifest.json``."""
+    doc["doc_hash"] = _doc_hash(doc)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    (Path(root) / MANIFEST).write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
 
 
 def write_manifest(root: Path, worlds: Mapping[str, Any], references: Mapping[str, Any],
@@ -343,7 +348,4 @@ def write_manifest(root: Path, worlds: Mapping[str, Any], references: Mapping[st
                           "python": sys.version.split()[0], "cpu_capability": cpu_capability()},
            "worlds": dict(worlds), "references": dict(references),
            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    doc["doc_hash"] = _doc_hash(doc)
-    Path(root).mkdir(parents=True, exist_ok=True)
-    (Path(root) / MANIFEST).write_text(json.dumps(doc, indent=1) + "\n")
-    return doc
+    return _write_manifest_doc(root, doc)
