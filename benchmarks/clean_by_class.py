@@ -2,6 +2,10 @@
 simulated ``adawise-windowed`` (``windowed (online)``), from the objective lab's cached logits.
 
     python benchmarks/clean_by_class.py --seed-worlds 0,1,2 --streams class-sorted/continual,dirichlet:0.1/continual,shuffled/mixed
+    python benchmarks/clean_by_class.py --seed-worlds 2 --zero-shot-shares clean,gaussian_noise,contrast
+
+The second form prints the zero-shot model's mean probability and argmax share of every class per domain (and
+over all the lab's domains): whether a class it misses on clean images is missed over the whole stream too.
 
 Shows where the method's clean accuracy goes (``docs/adaptive_alpha.md``, "the shirt class").
 """
@@ -28,14 +32,30 @@ def class_recall(hits: torch.Tensor, labels: torch.Tensor, classes: int) -> list
     return out
 
 
+def print_zero_shot_shares(cache: lab.LabLogits, domains: list[str], seed_world: int) -> None:
+    """Per class, the zero-shot model's mean probability and argmax share on each domain and on all of them."""
+    probs = {d: torch.softmax(cache.logits[d][0], -1) for d in cache.logits}
+    classes = next(iter(probs.values())).shape[-1]
+    print(f"\n## world seed {seed_world} ({cache.world}): zero-shot mean probability (argmax share) per class\n")
+    print("| domain | " + " | ".join(f"{c}" for c in range(classes)) + " |")
+    print("|---|" + "---|" * classes)
+    for name, p in [(d, probs[d]) for d in domains] + [("all domains", torch.cat(list(probs.values())))]:
+        share = torch.bincount(p.argmax(-1), minlength=classes).double() / len(p)
+        print(f"| {name} | " + " | ".join(f"{float(m):.3f} ({float(a):.3f})" for m, a in zip(p.mean(0), share)) + " |")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed-worlds", default="0")
     p.add_argument("--streams", default="class-sorted/continual,dirichlet:0.1/continual,shuffled/mixed")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--zero-shot-shares", default="", help="comma-separated domains: print the zero-shot shares")
     args = p.parse_args(argv)
     for seed_world in [int(s) for s in args.seed_worlds.split(",")]:
         cache = lab.load_logits(list(lab.LAB_DOMAINS), seed_world=seed_world)
+        if args.zero_shot_shares:
+            print_zero_shot_shares(cache, [d for d in args.zero_shot_shares.split(",") if d], seed_world)
+            continue
         sub = lab.on_grid(cache)
         classes = next(iter(sub.logits.values())).shape[-1]
         header = " | ".join(f"{c}" for c in range(classes))
