@@ -249,6 +249,21 @@ def _kl(p: Tensor, q: Tensor) -> Tensor:
     return (_plogp(p) - p * q.clamp_min(1e-30).log()).sum(-1)
 
 
+def _js(p: Tensor, q: Tensor) -> Tensor:
+    m = 0.5 * (p + q)
+    return 0.5 * (_kl(p, m) + _kl(q, m))
+
+
+#: the simulated window's divergences D(P_W(α) ‖ P_W(0)) (the engine has ``kl`` and ``tv``; the bounded
+#: ones are here to compare: docs/adaptive_alpha.md, "Tried against the shirt gap")
+LAB_DIVERGENCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "kl": _kl,
+    "tv": lambda p, q: 0.5 * (p - q).abs().sum(-1),
+    "js": _js,
+    "hellinger": lambda p, q: 0.5 * ((p.sqrt() - q.sqrt()) ** 2).sum(-1),
+}
+
+
 def _argmin(values: Tensor, centre: int) -> Tensor:
     """Per batch the grid index of the lowest value ([A, nb] -> [nb]); ties go to the index nearest
     ``centre`` (the engine's tie rule: stay near the current α)."""
@@ -304,7 +319,8 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
                        drift_on: str = "entropy", mix_cap: float | None = 0.5,
                        divergence: str = "kl", ramp: bool = True, ends: str = "both",
                        proportions: str = "soft", coverage: bool = True, entry: int = 16,
-                       drift_rows: int = 64) -> tuple[Tensor, Tensor]:
+                       drift_rows: int = 64, confusion: float = 0.0,
+                       keep_at_drift: int = 0) -> tuple[Tensor, Tensor]:
     """``adawise-windowed`` simulated online with what it computes, the BO search replaced by the exact
     grid minimum: per batch the mean entropy at each α + ``weight`` x min(1, held/rows) x the window's class
     coverage at α = 0 (``coverage``: exp(H(P_W(0))) / C) x KL of the window's proportions at α to those at
@@ -316,8 +332,12 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
     ``drift_rows`` images: smaller batches are tested and learnt from together); rows whose entropy
     at the chosen α exceeds ``mix_threshold`` x log(C) (at most a ``mix_cap`` share of the batch, the most
     uncertain) are mixed with the zero-shot prediction by DaWin's λ. ``proportions="hard"``: the window's
-    proportions of argmax predictions (add-½ smoothed) instead of mean probabilities. The defaults are
-    ``adawise-windowed``'s.
+    proportions of argmax predictions (add-½ smoothed) instead of mean probabilities. ``divergence``: a name
+    of :data:`LAB_DIVERGENCES`. ``confusion`` (s > 0): both proportions are compared through the zero-shot
+    model's own confusion of the classes on the window, P ↦ P·((1 − s)·I + s·K), K[c, d] = Σ_x p0_c p0_d /
+    Σ_x p0_c over the held rows (classes the zero-shot model cannot tell apart count as one).
+    ``keep_at_drift`` (k > 0): a detected drift keeps the newest k held rows beside the fill rows instead of
+    clearing the window (the ramp still restarts from the fill rows). The defaults are ``adawise-windowed``'s.
 
     Returns per-sample hits [M] and the chosen α index per sample [M].
     """
@@ -333,6 +353,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
     detector = DriftRule(z=drift_z, min_rel=drift_min_rel, beta=drift_beta, warmup=1, rows=drift_rows)
     drift = DriftStats()  # the engine's detector, on the values the simulation sees
     credit = 0.0
+    fresh = 0  # rows entered since the window's last (re)start: what its ramp counts
     hits = torch.zeros(len(s.batch), dtype=torch.bool)
     chosen = torch.zeros(len(s.batch), dtype=torch.long)
 
@@ -346,8 +367,13 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
         pw = held.mean(0)
         if proportions == "hard":
             pw = (pw * len(held) + 0.5) / (len(held) + 0.5 * C)
-        div = _kl(pw, pw[:1]) if divergence == "kl" else 0.5 * (pw - pw[:1]).abs().sum(-1)
-        scale = min(1.0, len(held) / rows) if ramp else 1.0
+        if confusion:  # compare through the zero-shot model's own confusion of the classes
+            p0 = held[:, 0]
+            k = (p0.T @ p0) / p0.sum(0).clamp_min(1e-12)[:, None]
+            k = (1 - confusion) * torch.eye(C, dtype=k.dtype) + confusion * k
+            pw = pw @ k
+        div = LAB_DIVERGENCES[divergence](pw, pw[:1].expand_as(pw))
+        scale = min(1.0, fresh / rows) if ramp else 1.0
         if coverage:  # the window's class coverage at α = 0: exp(H(P_W(0))) / C
             scale *= float(torch.exp(-_plogp(pw[0]).sum())) / C
         return ent[:, b] + weight * scale * div
@@ -359,11 +385,14 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
         filled = held is None
         if filled:
             held = rows_probs(_strided(st, n, fill), centre)
+            fresh = len(held)
         obj = objective(b)
         g = float(obj[centre] if drift_on == "objective" else ent[centre, b])
         drifted = restart and detector.drifted(drift, g, n)
         if drifted:
-            held, filled = rows_probs(_strided(st, n, fill), centre), True
+            new = rows_probs(_strided(st, n, fill), centre)
+            held = torch.cat([held[max(len(held) - keep_at_drift, 0):], new])[-rows:] if keep_at_drift else new
+            filled, fresh = True, len(new)
             obj = objective(b)
         c = int(_argmin(obj[:, None], centre)[0])
         logp = s.logp[c, st:st + n]
@@ -385,6 +414,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
             credit -= k
             if k:
                 held = torch.cat([held, rows_probs(_strided(st, n, k), centre)])[-rows:]
+                fresh = min(fresh + k, rows)
         detector.update(drift, float(obj[c] if drift_on == "objective" else ent[c, b]), drifted, 0.0, n)
         centre = c
     return hits, chosen
@@ -524,6 +554,43 @@ def _seed_table(per_seed: dict[int, dict[str, Any]], key: str) -> str:
     return "\n".join(lines)
 
 
+def _worlds(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The one-world results in a saved run (a run over several worlds keeps them under ``seeds``)."""
+    return list(doc["seeds"].values()) if "seeds" in doc else [doc]
+
+
+def criteria_table(docs: Sequence[dict[str, Any]]) -> str:
+    """Issue 16's criteria for every label-free row over every stream of saved runs, per batch size: the
+    smallest and the mean margin over the best static α on the single-domain streams (and how many are under
+    +1.0), the worst clean accuracy less the fine-tuned model's (and how many are under −1.0), and on mixed
+    streams the smallest margin and the worst clean difference."""
+    rows: dict[tuple[int, str], dict[str, list[tuple[float, float]]]] = {}
+    for doc in docs:
+        for world in _worlds(doc):
+            for key, streams in world["tables"].items():
+                bs = int(key.split(",")[0].split()[1])
+                for stream, r in streams.items():
+                    ft = r["finetuned"]["clean"]
+                    kind = "mixed" if stream.endswith("/ mixed") else "single"
+                    for name, v in r.items():
+                        if "*" in name or name in ("zeroshot", "finetuned", "best static α") or \
+                                name.startswith("wiseft"):
+                            continue
+                        rows.setdefault((bs, name), {"single": [], "mixed": []})[kind].append(
+                            (v["vs_best_static"], v["clean"] - ft))
+    lines = ["| batch | α chosen by | streams | min Δ best static | mean Δ | under +1.0 | worst clean − fine-tuned | "
+             "under −1.0 | mixed: min Δ | mixed: worst clean |", "|---" * 10 + "|"]
+    for (bs, name), kinds in rows.items():
+        single, mixed = kinds["single"], kinds["mixed"]
+        if not single:
+            continue
+        d, c = [x[0] for x in single], [x[1] for x in single]
+        mix = (f"{min(x[0] for x in mixed):+.2f} | {min(x[1] for x in mixed):+.2f}" if mixed else "- | -")
+        lines.append(f"| {bs} | {name} | {len(single)} + {len(mixed)} | {min(d):+.2f} | {sum(d) / len(d):+.2f} | "
+                     f"{sum(x < 1.0 for x in d)} | {min(c):+.2f} | {sum(x < -1.0 for x in c)} | {mix} |")
+    return "\n".join(lines)
+
+
 def run_lab(args: argparse.Namespace, seed_world: int) -> dict[str, Any]:
     """Every table of the command line's grid on one world; printed as it goes."""
     t0 = time.perf_counter()
@@ -590,7 +657,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--summarise", default=None,
                    help="comma-separated JSON files of earlier runs on other worlds (one world each): print their "
                         "mean ± sd tables instead of running")
+    p.add_argument("--criteria", default=None,
+                   help="comma-separated JSON files of earlier runs: print issue 16's criteria for every label-free "
+                        "row over all their streams instead of running")
     args = p.parse_args(argv)
+    if args.criteria:
+        files = [Path(f) for f in args.criteria.split(",") if f]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise SystemExit(f"--criteria: no such run file: {', '.join(missing)} (write one with --json)")
+        table = criteria_table([json.loads(f.read_text()) for f in files])
+        print(table)
+        return {"criteria": table}
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.summarise:
