@@ -1,7 +1,8 @@
-"""Per-class accuracy on the in-distribution domain: the zero-shot and fine-tuned models against the lab's
+r"""Per-class accuracy on the in-distribution domain: the zero-shot and fine-tuned models against the lab's
 simulated ``adawise-windowed`` (``windowed (online)``), from the objective lab's cached logits.
 
-    python benchmarks/clean_by_class.py --seed-worlds 0,1,2 --streams class-sorted/continual,dirichlet:0.1/continual,shuffled/mixed
+    python benchmarks/clean_by_class.py --seed-worlds 0,1,2 \
+        --streams class-sorted/continual,dirichlet:0.1/continual,shuffled/mixed
     python benchmarks/clean_by_class.py --seed-worlds 2 --zero-shot-shares clean,gaussian_noise,contrast
 
 The second form prints the zero-shot model's mean probability and argmax share of every class per domain (and
@@ -41,7 +42,8 @@ def print_zero_shot_shares(cache: lab.LabLogits, domains: list[str], seed_world:
     print("|---|" + "---|" * classes)
     for name, p in [(d, probs[d]) for d in domains] + [("all domains", torch.cat(list(probs.values())))]:
         share = torch.bincount(p.argmax(-1), minlength=classes).double() / len(p)
-        print(f"| {name} | " + " | ".join(f"{float(m):.3f} ({float(a):.3f})" for m, a in zip(p.mean(0), share)) + " |")
+        cells = [f"{float(m):.3f} ({float(a):.3f})" for m, a in zip(p.mean(0), share, strict=True)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,8 @@ def _slot_max_share(order: torch.Tensor, labels: torch.Tensor, slots: int = 10) 
     """Mean over slots of the largest class share within the slot."""
     ys = labels[order]
     bounds = torch.linspace(0, len(ys), slots + 1).round().long()
-    shares = [torch.bincount(ys[a:b], minlength=10).max().item() / (b - a) for a, b in zip(bounds, bounds[1:], strict=False)]
+    shares = [torch.bincount(ys[a:b], minlength=10).max().item() / (b - a)
+              for a, b in zip(bounds, bounds[1:], strict=False)]
     return sum(shares) / len(shares)
 
 

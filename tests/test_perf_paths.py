@@ -312,7 +312,8 @@ def test_probes_back_off_while_they_lose_and_reset_on_a_search() -> None:
     assert fixed_modes.count("probe") >= 18  # every second warm batch
     assert modes.count("probe") < fixed_modes.count("probe") / 2
     assert engine._s.probe_interval <= 8.0
-    engine(10 * batches(1, b=64, seed=7)[0])  # the level moves (64 images: one drift value): a cold search resets the interval
+    # the level moves (64 images: one drift value): a cold search resets the interval
+    engine(10 * batches(1, b=64, seed=7)[0])
     assert engine.info["mode"] == "search" and engine._s.probe_interval == 2.0
     with pytest.raises(ValueError, match="probe_backoff"):
         AdaWiSE(zs, ft, probe_backoff=0.5)

@@ -471,7 +471,8 @@ class BayesOpt1D:
         post = self._closed_form(x, -y, w, at)
         return None if post is None else (-post[0], post[1])
 
-    def posterior_mean(self, xs: Sequence[float], known: Callable[[Tensor], Tensor] | None = None) -> list[float] | None:
+    def posterior_mean(self, xs: Sequence[float],
+                       known: Callable[[Tensor], Tensor] | None = None) -> list[float] | None:
         """GP posterior mean of the objective at ``xs`` (``None`` without a usable GP); plus the ``known``
         part (:meth:`suggest`) where given."""
         at = torch.tensor([float(v) for v in xs], dtype=_DOUBLE)

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adawise.models.checkpoints import default_mode, load_checkpoint, save_state_dict, weights_hash
 from adawise.embedded.world import _doc_hash, _remove
+from adawise.models.checkpoints import default_mode, load_checkpoint, save_state_dict, weights_hash
 
 __all__ = ["WEIGHT_MODULES", "UNWEIGHTED_IMPORTS", "SHIPPED_ROOT", "MARKER", "code_hash", "source_hash",
            "read_manifest", "ShippedEntry", "shipped_entry", "materialise", "is_materialised", "export_world",
