@@ -320,7 +320,7 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
                        divergence: str = "kl", ramp: bool = True, ends: str = "both",
                        proportions: str = "soft", coverage: bool = True, entry: int = 16,
                        drift_rows: int = 64, confusion: float = 0.0,
-                       keep_at_drift: int = 0) -> tuple[Tensor, Tensor]:
+                       keep_at_drift: int = 0, start_fill: int | None = None) -> tuple[Tensor, Tensor]:
     """``adawise-windowed`` simulated online with what it computes, the BO search replaced by the exact
     grid minimum: per batch the mean entropy at each α + ``weight`` x min(1, held/rows) x the window's class
     coverage at α = 0 (``coverage``: exp(H(P_W(0))) / C) x KL of the window's proportions at α to those at
@@ -383,8 +383,8 @@ def windowed_simulated(s: LabStream, weight: float = 3.0, rows: int = 128, strid
         if s.setting == "reset_each_shift" and b > 0 and seg[b] != seg[b - 1]:
             held, centre, credit, drift = None, A // 2, 0.0, DriftStats()
         filled = held is None
-        if filled:
-            held = rows_probs(_strided(st, n, fill), centre)
+        if filled:  # the stream's start or a reset
+            held = rows_probs(_strided(st, n, fill if start_fill is None else start_fill), centre)
             fresh = len(held)
         obj = objective(b)
         g = float(obj[centre] if drift_on == "objective" else ent[centre, b])
@@ -484,9 +484,10 @@ def evaluate(s: LabStream, choosers: Sequence[str] = tuple(CHOOSERS),
 # ------------------------------------------------------------------------------------------ the real engine
 def engine_rows(world: Any, domains: Sequence[str], order: str, schedule: str, batch_size: int, setting: str,
                 methods: Sequence[str], per_domain: int = 2000, seed: int = 0,
-                progress: bool = False) -> dict[str, dict[str, Any]]:
+                progress: bool = False, options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """The registered methods run by the real engine (:func:`adawise.run_stream`, BO search, online) on the
-    stream the lab replays (same images, shift draws and sample order): one row each, ``"<name> (engine)"``."""
+    stream the lab replays (same images, shift draws and sample order): one row each, ``"<name> (engine)"``,
+    or ``"<name> {options} (engine)"`` with ``options`` (passed to every method, e.g. a candidate setting)."""
     from adawise import make_method, run_stream
     from streams.fashion import embedded_stream
 
@@ -495,11 +496,12 @@ def engine_rows(world: Any, domains: Sequence[str], order: str, schedule: str, b
     rows: dict[str, dict[str, Any]] = {}
     for name in methods:
         t = time.perf_counter()
-        method = make_method(name, zeroshot=world.zeroshot, finetuned=world.finetuned)
+        method = make_method(name, zeroshot=world.zeroshot, finetuned=world.finetuned, **(options or {}))
         result = run_stream(method, stream, setting=setting, seed=seed, progress=progress)
         passes = sum(r.get("forward_passes", 1.0) for r in result.records) / len(result.records)
         alphas = [a for a in result.alphas if a is not None]
-        rows[f"{name} (engine)"] = {**summarise(result.per_domain, domains[0]), "per_domain": result.per_domain,
+        label = f"{name} {json.dumps(options)}" if options else name
+        rows[f"{label} (engine)"] = {**summarise(result.per_domain, domains[0]), "per_domain": result.per_domain,
                                     "mean_alpha": sum(alphas) / max(len(alphas), 1), "passes": passes,
                                     "seconds": time.perf_counter() - t}
     return rows
@@ -617,7 +619,8 @@ def run_lab(args: argparse.Namespace, seed_world: int) -> dict[str, Any]:
                 rows = evaluate(s, choosers, variants)
                 if engine:
                     rows |= engine_rows(world, domains, order, schedule or "continual", bs, setting, engine,
-                                        args.per_domain, args.seed)
+                                        args.per_domain, args.seed,
+                                        options=json.loads(args.engine_options) if args.engine_options else None)
                 oracle = rows["per-domain oracle *"]["shift_mean"]
                 best = rows["best static α"]["shift_mean"]
                 for r in rows.values():
@@ -649,6 +652,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--engine", default="",
                    help="comma-separated registered methods to run with the real engine on the same streams "
                         "(e.g. adawise,adawise-windowed; minutes per stream on a CPU)")
+    p.add_argument("--engine-options", default=None,
+                   help="JSON: options for every --engine method (a candidate setting), "
+                        "e.g. '{\"window_start_fill\": 64}'")
     p.add_argument("--variants", default=None,
                    help='JSON: extra rows of the simulated windowed method with other options, e.g. '
                         '\'{"no mix": {"mix_threshold": null}, "no restart": {"restart": false}}\'')

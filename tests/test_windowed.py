@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -316,3 +317,36 @@ def test_the_centre_moves_between_passes_only_after_rows_entered_the_window():
             centre = info["center"]
         quiet_moves[move] = moves
     assert quiet_moves[0.1] > 0 and quiet_moves[None] == 0
+
+
+def test_window_start_fill_sets_the_rows_of_a_start_and_a_reset_but_not_of_a_drift_restart():
+    """``window_start_fill`` rows fill the window at the first batch and after ``reset()``; a detected drift
+    restarts it with ``window_fill`` rows."""
+    zs, ft = collapsed_pair()
+    labels = torch.arange(64 * 6) % C
+    x = images(labels, seed=5)
+    engine = AdaWiSE(zs, ft, objective="windowed", window_start_fill=48, drift_z=None, search_on_jump=None)
+    engine(x[:64])
+    assert engine.info["window_rows"] == 48
+    engine(x[64:128])
+    engine.reset()
+    engine(x[128:192])
+    assert engine.info["window_rows"] == 48
+    default = AdaWiSE(zs, ft, objective="windowed", drift_z=None, search_on_jump=None)
+    default(x[:64])
+    assert default.info["window_rows"] == 32
+    # a drift restart (forced here: the engine's detector says a new domain) uses window_fill
+    drifting = AdaWiSE(zs, ft, objective="windowed", window_start_fill=48, window_fill=24)
+    drifting(x[:64])
+    rule = type(drifting.drift)
+
+    class AlwaysDrifted(rule):  # type: ignore[misc, valid-type]
+        def drifted(self, *args: object, **kwargs: object) -> bool:
+            return True
+
+    drifting.drift = AlwaysDrifted(**{f.name: getattr(drifting.drift, f.name)
+                                      for f in dataclasses.fields(drifting.drift)})
+    drifting(x[64:128])
+    assert drifting.info["window_rows"] == 24
+    with pytest.raises(ValueError, match="window_start_fill"):
+        AdaWiSE(zs, ft, objective="windowed", window_start_fill=0)

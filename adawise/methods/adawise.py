@@ -58,7 +58,7 @@ __all__ = ["AdaWiSE", "AdaWiSEConfig", "PRESETS", "SearchState"]
 #: options the log header records only for an objective with a proportion window
 _WINDOW_ONLY = ("window_coverage", "window_entry", "window_exact", "window_move")
 #: options added later that the log header records only when set (earlier log headers and config hashes unchanged)
-_ADDED_OFF = ("ucb_rows",)
+_ADDED_OFF = ("ucb_rows", "window_start_fill")
 
 
 @register("adawise", default_run=True)
@@ -246,11 +246,11 @@ class AdaWiSE(WeightSpaceMethod):
         k = max(min(n, int(k)), 1)
         return torch.arange(0, n, max(n // k, 1), device=device)[:k]
 
-    def _window_fill(self, b: _Batch) -> None:
-        """(Re)fill the empty proportion window from this batch: ``window_fill`` rows at α = 0 and α = 1
+    def _window_fill(self, b: _Batch, count: int) -> None:
+        """(Re)fill the empty proportion window from this batch: ``count`` rows at α = 0 and α = 1
         (two passes on a few rows); their logits at the centre come from the batch's first full pass
         (``_full``), or from a pass made now if there was one already."""
-        rows = self._strided(len(b.images), self.opts.window_fill, b.images.device)
+        rows = self._strided(len(b.images), count, b.images.device)
         part, fraction = b.images[rows], len(rows) / len(b.images)
         ends = (self.evaluator.logits(0.0, part, fraction), self.evaluator.logits(1.0, part, fraction))
         b.window_filled = True
@@ -459,8 +459,9 @@ class AdaWiSE(WeightSpaceMethod):
         if self.objective in NEEDS_ANCHOR:
             self._full(b, 0.0)  # the anchor: the zero-shot prediction on the same batch
         window = s.window if torch.is_tensor(images) else None
-        if window is not None and len(window) == 0:
-            self._window_fill(b)
+        if window is not None and len(window) == 0:  # the stream's start or a reset
+            start = o.window_start_fill
+            self._window_fill(b, int(o.window_fill if start is None else start))
 
         reason = s.pending or ("first" if s.batches == 0 else None)
         if reason is None and o.search_every and s.since_search + 1 >= int(o.search_every):
@@ -474,7 +475,7 @@ class AdaWiSE(WeightSpaceMethod):
                 reason = "drift"
                 if window is not None and o.window_restart:  # a new domain: its own proportions
                     window.clear()
-                    self._window_fill(b)
+                    self._window_fill(b, int(o.window_fill))
         elif reason is None:
             reason = "cold"
         on = search_on if reason else "sub"

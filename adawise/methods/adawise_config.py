@@ -74,6 +74,7 @@ _RULES: dict[str, _Rule] = {
     "window_rows": _POSITIVE_INT,
     "window_stride": (_number, "a number >= 1 (images per window row)", lambda v: v >= 1.0),
     "window_fill": _POSITIVE_INT,
+    "window_start_fill": _optional(_POSITIVE_INT),
     "window_weight": _NON_NEGATIVE,
     "window_divergence": _choice(*DIVERGENCES),
     "window_restart": _BOOL,
@@ -173,11 +174,12 @@ class AdaWiSEConfig(Mapping):
             their logits at α = 0 and α = 1 from small passes and at the centre from the batch's full pass),
             at least ``window_entry`` rows at a time (16, or the whole batch if smaller: with batches of 64,
             16 rows every second batch, so the small passes come half as often), ``window_fill`` rows of the
-            batch when it is empty (32); its term is ``window_weight`` (3) x KL (``window_divergence``)
-            ramped by how full it is and scaled by its class coverage (``window_coverage``); it restarts at
-            a detected drift (``window_restart``; the detector then watches the entropy part only). With
-            ``window_exact`` (and the closed-form grid posterior) the search adds the window's term exactly
-            at every α and its GP models the batch's entropy alone.
+            batch when a detected drift restarts it (32) and ``window_start_fill`` when it starts, at the first
+            batch and after a reset (``None``: ``window_fill``); its term is ``window_weight`` (3) x KL
+            (``window_divergence``) ramped by how full it is and scaled by its class coverage
+            (``window_coverage``); it restarts at a detected drift (``window_restart``; the detector then
+            watches the entropy part only). With ``window_exact`` (and the closed-form grid posterior) the
+            search adds the window's term exactly at every α and its GP models the batch's entropy alone.
         window_move: when rows entered the window on a batch that ran no search, the centre moves by up
             to this much (0.1) towards the α where the GP's mean + one sd of the batch term plus the window's
             new term is lowest, if that beats the centre's estimate by ``switch_margin`` (no pass: the window
@@ -208,6 +210,7 @@ class AdaWiSEConfig(Mapping):
     window_rows: int = 128
     window_stride: float = 8.0
     window_fill: int = 32
+    window_start_fill: int | None = None
     window_weight: float = 3.0
     window_divergence: str = "kl"
     window_restart: bool = True
